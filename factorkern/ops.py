@@ -1,0 +1,381 @@
+"""The op registry: public functions, their ``factorkern::<op>`` custom ops, fake impls and
+autograd. No math here: validate (errors name the argument), dispatch, call.
+
+Every public op computes ``y = x @ W.T (+ bias)`` like ``F.linear``: x is (..., in), y is
+(..., out) in x's dtype, W (out, in) is never built. The custom op receives x flattened to
+(N, in); the backward runs the reference formulas (torch ops, so on a GPU they are cuBLAS calls)
+whatever backend ran the forward.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import dispatch as _dispatch
+from . import reference as _ref
+from ._checks import check_bias, check_device, check_format, check_in, check_like, check_x
+from .formats import BlockDiag, LittleBitFactors, MonarchFactors, Sparse24
+
+__all__ = ["dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
+           "lowrank_mm"]
+
+
+def _call(op: str, x: Tensor, out_features: int, backend: str, fmt_for_layout, *args):
+    """Flatten x, resolve the backend, fetch the prepared layout, call the custom op."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    name = _dispatch.resolve(op, backend, x2, *args[:-1])
+    extra = list(fmt_for_layout.prepare(name)) if (fmt_for_layout is not None
+                                                   and name != "torch") else []
+    y = getattr(torch.ops.factorkern, op)(x2, *args, name, extra)
+    return y.reshape(*lead, out_features)
+
+
+def _none_list(ctx):
+    # register_autograd wants the gradient of a Tensor[] input as a list of the same length.
+    return [None] * ctx.n_extra
+
+
+# ---------------------------------------------------------------------------------------------
+# dense_sparse_mm: W = D @ S
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("factorkern::dense_sparse_mm", mutates_args=())
+def _dense_sparse_mm(x: Tensor, D: Tensor, s_values: Tensor, s_meta: Tensor,
+                     bias: Optional[Tensor], backend: str, extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("dense_sparse_mm", backend)(x, D, s_values, s_meta, bias, extra)
+
+
+@_dense_sparse_mm.register_fake
+def _(x, D, s_values, s_meta, bias, backend, extra):
+    return x.new_empty(x.shape[0], D.shape[0])
+
+
+def _ds_setup(ctx, inputs, output):
+    ctx.n_extra = len(inputs[-1])
+    x, D, v, m, bias, _, _ = inputs
+    ctx.save_for_backward(x, D, v, m, bias)
+
+
+def _ds_backward(ctx, gy):
+    x, D, v, m, bias = ctx.saved_tensors
+    dx, dD, dv, db = _ref.dense_sparse_mm_backward(gy, x, D, v, m, bias)
+    return dx, dD, dv, None, db, None, _none_list(ctx)
+
+
+_dense_sparse_mm.register_autograd(_ds_backward, setup_context=_ds_setup)
+
+
+def dense_sparse_mm(x: Tensor, D: Tensor, S: Sparse24, bias: Optional[Tensor] = None,
+                    backend: str = "auto") -> Tensor:
+    """y = x @ (D @ S).T + bias, computed as (x @ S.T) @ D.T (DSFormer, sparse factor first).
+
+    Args:
+        x: (..., in) float16/bfloat16/float32/float64.
+        D: (out, k) dense, x's dtype.
+        S: Sparse24 of shape (k, in), 2:4 along in; values in x's dtype.
+        bias: optional (out,).
+        backend: "auto" | "torch" | "triton" | "cuda" (see ``factorkern.backends()``).
+    Returns:
+        (..., out) in x's dtype.
+    """
+    op = "dense_sparse_mm"
+    check_x(op, x)
+    check_format(op, "S", S, Sparse24)
+    k, n_in = S.shape
+    check_in(op, x, n_in, f"S of shape {S.shape}")
+    if not isinstance(D, Tensor) or D.dim() != 2 or D.shape[1] != k:
+        raise ValueError(f"{op}: D must be (out, k) with k = S.shape[0] = {k}, got "
+                         f"{tuple(D.shape) if isinstance(D, Tensor) else type(D).__name__}")
+    check_like(op, "D", D, x)
+    check_like(op, "S.values", S.values, x)
+    check_device(op, "S.meta", S.meta, x)
+    check_bias(op, bias, x, D.shape[0])
+    return _call(op, x, D.shape[0], backend, S, D, S.values, S.meta, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse_dense_mm: W = S @ D
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("factorkern::sparse_dense_mm", mutates_args=())
+def _sparse_dense_mm(x: Tensor, s_values: Tensor, s_meta: Tensor, D: Tensor,
+                     bias: Optional[Tensor], backend: str, extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("sparse_dense_mm", backend)(x, s_values, s_meta, D, bias, extra)
+
+
+@_sparse_dense_mm.register_fake
+def _(x, s_values, s_meta, D, bias, backend, extra):
+    return x.new_empty(x.shape[0], s_values.shape[0])
+
+
+def _sd_setup(ctx, inputs, output):
+    ctx.n_extra = len(inputs[-1])
+    x, v, m, D, bias, _, _ = inputs
+    ctx.save_for_backward(x, v, m, D, bias)
+
+
+def _sd_backward(ctx, gy):
+    x, v, m, D, bias = ctx.saved_tensors
+    dx, dv, dD, db = _ref.sparse_dense_mm_backward(gy, x, v, m, D, bias)
+    return dx, dv, None, dD, db, None, _none_list(ctx)
+
+
+_sparse_dense_mm.register_autograd(_sd_backward, setup_context=_sd_setup)
+
+
+def sparse_dense_mm(x: Tensor, S: Sparse24, D: Tensor, bias: Optional[Tensor] = None,
+                    backend: str = "auto") -> Tensor:
+    """y = x @ (S @ D).T + bias, computed as (x @ D.T) @ S.T (DSFormer, dense factor first).
+
+    Args:
+        x: (..., in).
+        S: Sparse24 of shape (out, k), 2:4 along k; values in x's dtype.
+        D: (k, in) dense, x's dtype.
+        bias: optional (out,).
+    Returns:
+        (..., out) in x's dtype.
+    """
+    op = "sparse_dense_mm"
+    check_x(op, x)
+    check_format(op, "S", S, Sparse24)
+    out_f, k = S.shape
+    if not isinstance(D, Tensor) or D.dim() != 2 or D.shape[0] != k:
+        raise ValueError(f"{op}: D must be (k, in) with k = S.shape[1] = {k}, got "
+                         f"{tuple(D.shape) if isinstance(D, Tensor) else type(D).__name__}")
+    check_in(op, x, D.shape[1], f"D of shape {tuple(D.shape)}")
+    check_like(op, "D", D, x)
+    check_like(op, "S.values", S.values, x)
+    check_device(op, "S.meta", S.meta, x)
+    check_bias(op, bias, x, out_f)
+    return _call(op, x, out_f, backend, S, S.values, S.meta, D, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# armor_mm: W = A @ S @ B
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("factorkern::armor_mm", mutates_args=())
+def _armor_mm(x: Tensor, a_blocks: Tensor, s_values: Tensor, s_meta: Tensor, b_blocks: Tensor,
+              bias: Optional[Tensor], backend: str, extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("armor_mm", backend)(x, a_blocks, s_values, s_meta, b_blocks, bias,
+                                                 extra)
+
+
+@_armor_mm.register_fake
+def _(x, a_blocks, s_values, s_meta, b_blocks, bias, backend, extra):
+    return x.new_empty(x.shape[0], s_values.shape[0])
+
+
+def _armor_setup(ctx, inputs, output):
+    ctx.n_extra = len(inputs[-1])
+    x, a, v, m, b, bias, _, _ = inputs
+    ctx.save_for_backward(x, a, v, m, b, bias)
+
+
+def _armor_backward(ctx, gy):
+    x, a, v, m, b, bias = ctx.saved_tensors
+    dx, da, dv, dbb, db = _ref.armor_mm_backward(gy, x, a, v, m, b, bias)
+    return dx, da, dv, None, dbb, db, None, _none_list(ctx)
+
+
+_armor_mm.register_autograd(_armor_backward, setup_context=_armor_setup)
+
+
+def armor_mm(x: Tensor, A: BlockDiag, S: Sparse24, B: BlockDiag, bias: Optional[Tensor] = None,
+             backend: str = "auto") -> Tensor:
+    """y = x @ (A @ S @ B).T + bias, computed as ((x @ B.T) @ S.T) @ A.T (ARMOR).
+
+    Args:
+        x: (..., in).
+        A: BlockDiag (out, out), square blocks (nA, bA, bA) with nA * bA = out.
+        S: Sparse24 (out, in), 2:4 along in.
+        B: BlockDiag (in, in), square blocks (nB, bB, bB) with nB * bB = in.
+        bias: optional (out,).
+    Returns:
+        (..., out) in x's dtype.
+    """
+    op = "armor_mm"
+    check_x(op, x)
+    check_format(op, "A", A, BlockDiag)
+    check_format(op, "S", S, Sparse24)
+    check_format(op, "B", B, BlockDiag)
+    out_f, n_in = S.shape
+    check_in(op, x, n_in, f"S of shape {S.shape}")
+    for name, M, n in (("A", A, out_f), ("B", B, n_in)):
+        nb, bo, bi = M.blocks.shape
+        if bo != bi or nb * bo != n:
+            raise ValueError(f"{op}: {name} must be square blocks tiling {n} (nblocks * block = "
+                             f"{n}), got blocks of shape {tuple(M.blocks.shape)}")
+        check_like(op, f"{name}.blocks", M.blocks, x)
+    check_like(op, "S.values", S.values, x)
+    check_device(op, "S.meta", S.meta, x)
+    check_bias(op, bias, x, out_f)
+    return _call(op, x, out_f, backend, S, A.blocks, S.values, S.meta, B.blocks, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# littlebit_mm: W = sum_t diag(h) sign(U) diag(l) sign(V).T diag(g)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("factorkern::littlebit_mm", mutates_args=())
+def _littlebit_mm(x: Tensor, u_words: list[Tensor], v_words: list[Tensor], h: list[Tensor],
+                  l: list[Tensor], g: list[Tensor], bias: Optional[Tensor], backend: str,
+                  extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("littlebit_mm", backend)(x, u_words, v_words, h, l, g, bias, extra)
+
+
+@_littlebit_mm.register_fake
+def _(x, u_words, v_words, h, l, g, bias, backend, extra):
+    return x.new_empty(x.shape[0], h[0].shape[0])
+
+
+def _lb_setup(ctx, inputs, output):
+    ctx.n_extra = len(inputs[-1])
+    x, uw, vw, h, l, g, bias, _, _ = inputs
+    ctx.nterms = len(uw)
+    ctx.save_for_backward(x, bias, *uw, *vw, *h, *l, *g)
+
+
+def _lb_backward(ctx, gy):
+    n = ctx.nterms
+    x, bias, *rest = ctx.saved_tensors
+    uw, vw, h, l, g = (rest[i * n:(i + 1) * n] for i in range(5))
+    dx, dh, dl, dg, db = _ref.littlebit_mm_backward(gy, x, uw, vw, h, l, g, bias)
+    return dx, [None] * n, [None] * n, dh, dl, dg, db, None, _none_list(ctx)
+
+
+_littlebit_mm.register_autograd(_lb_backward, setup_context=_lb_setup)
+
+
+def littlebit_mm(x: Tensor, F: LittleBitFactors, bias: Optional[Tensor] = None,
+                 backend: str = "auto") -> Tensor:
+    """y = x @ W.T + bias with W = sum over terms of diag(h) sign(U) diag(l) sign(V).T diag(g),
+    computed per term as h * ((((x * g) @ sign(V)) * l) @ sign(U).T) (LittleBit).
+
+    Args:
+        x: (..., in).
+        F: LittleBitFactors of W (out, in); its scales in x's dtype.
+        bias: optional (out,).
+    Returns:
+        (..., out) in x's dtype. Exact path: signs are applied exactly, fp32 accumulation.
+    """
+    op = "littlebit_mm"
+    check_x(op, x)
+    check_format(op, "F", F, LittleBitFactors)
+    check_in(op, x, F.in_features, f"F of shape {F.shape}")
+    for i, (U, V, h, l, g) in enumerate(F.terms):
+        for name, t in (("h", h), ("l", l), ("g", g)):
+            check_like(op, f"F.terms[{i}].{name}", t, x)
+        check_device(op, f"F.terms[{i}].U", U.words, x)
+        check_device(op, f"F.terms[{i}].V", V.words, x)
+    check_bias(op, bias, x, F.out_features)
+    uw, vw, h, l, g = F.lists()
+    return _call(op, x, F.out_features, backend, F, uw, vw, h, l, g, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# monarch_mm: W = P BD(w2) P BD(w1)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("factorkern::monarch_mm", mutates_args=())
+def _monarch_mm(x: Tensor, w1: Tensor, w2: Tensor, out_features: int, bias: Optional[Tensor],
+                backend: str, extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("monarch_mm", backend)(x, w1, w2, out_features, bias, extra)
+
+
+@_monarch_mm.register_fake
+def _(x, w1, w2, out_features, bias, backend, extra):
+    return x.new_empty(x.shape[0], out_features)
+
+
+def _mon_setup(ctx, inputs, output):
+    ctx.n_extra = len(inputs[-1])
+    x, w1, w2, out_f, bias, _, _ = inputs
+    ctx.out_features = out_f
+    ctx.save_for_backward(x, w1, w2, bias)
+
+
+def _mon_backward(ctx, gy):
+    x, w1, w2, bias = ctx.saved_tensors
+    dx, dw1, dw2, db = _ref.monarch_mm_backward(gy, x, w1, w2, ctx.out_features, bias)
+    return dx, dw1, dw2, None, db, None, _none_list(ctx)
+
+
+_monarch_mm.register_autograd(_mon_backward, setup_context=_mon_setup)
+
+
+def monarch_mm(x: Tensor, M: MonarchFactors, bias: Optional[Tensor] = None,
+               backend: str = "auto") -> Tensor:
+    """y = x @ W.T + bias with W the Monarch matrix of M (fly's convention, see
+    ``factorkern.formats.monarch``).
+
+    Args:
+        x: (..., in_features).
+        M: MonarchFactors, w1 (k, q, p) and w2 (l, s, r) in x's dtype.
+        bias: optional (out_features,).
+    Returns:
+        (..., out_features) in x's dtype.
+    """
+    op = "monarch_mm"
+    check_x(op, x)
+    check_format(op, "M", M, MonarchFactors)
+    check_in(op, x, M.in_features, f"M of shape {M.shape}")
+    check_like(op, "M.w1", M.w1, x)
+    check_like(op, "M.w2", M.w2, x)
+    check_bias(op, bias, x, M.out_features)
+    return _call(op, x, M.out_features, backend, M, M.w1, M.w2, M.out_features, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# lowrank_mm: W = U @ V.T
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("factorkern::lowrank_mm", mutates_args=())
+def _lowrank_mm(x: Tensor, U: Tensor, V: Tensor, bias: Optional[Tensor], backend: str,
+                extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("lowrank_mm", backend)(x, U, V, bias, extra)
+
+
+@_lowrank_mm.register_fake
+def _(x, U, V, bias, backend, extra):
+    return x.new_empty(x.shape[0], U.shape[0])
+
+
+def _lr_setup(ctx, inputs, output):
+    ctx.n_extra = len(inputs[-1])
+    x, U, V, bias, _, _ = inputs
+    ctx.save_for_backward(x, U, V, bias)
+
+
+def _lr_backward(ctx, gy):
+    x, U, V, bias = ctx.saved_tensors
+    dx, dU, dV, db = _ref.lowrank_mm_backward(gy, x, U, V, bias)
+    return dx, dU, dV, db, None, _none_list(ctx)
+
+
+_lowrank_mm.register_autograd(_lr_backward, setup_context=_lr_setup)
+
+
+def lowrank_mm(x: Tensor, U: Tensor, V: Tensor, bias: Optional[Tensor] = None,
+               backend: str = "auto") -> Tensor:
+    """y = x @ (U @ V.T).T + bias, computed as (x @ V) @ U.T.
+
+    Args:
+        x: (..., in).
+        U: (out, r); V: (in, r); both x's dtype.
+        bias: optional (out,).
+    Returns:
+        (..., out) in x's dtype.
+    """
+    op = "lowrank_mm"
+    check_x(op, x)
+    for name, t in (("U", U), ("V", V)):
+        if not isinstance(t, Tensor) or t.dim() != 2:
+            raise ValueError(f"{op}: {name} must be a 2-D tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+    if U.shape[1] != V.shape[1]:
+        raise ValueError(f"{op}: U (out, r) and V (in, r) must share r, got {tuple(U.shape)} and "
+                         f"{tuple(V.shape)}")
+    check_in(op, x, V.shape[0], f"V of shape {tuple(V.shape)}")
+    check_like(op, "U", U, x)
+    check_like(op, "V", V, x)
+    check_bias(op, bias, x, U.shape[0])
+    return _call(op, x, U.shape[0], backend, None, U, V, bias)
