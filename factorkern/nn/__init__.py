@@ -1,0 +1,13 @@
+"""Drop-in replacements for nn.Linear built on factorkern ops."""
+
+from ._base import FactorizedLinear
+from .armor import ArmorLinear
+from .convert import FAMILIES, ConvertReport, convert
+from .dense_sparse import DenseSparseLinear, SparseDenseLinear
+from .littlebit import LittleBitLinear, SmoothSign, smooth_sign
+from .lowrank import LowRankLinear
+from .monarch import MonarchLinear
+
+__all__ = ["FactorizedLinear", "DenseSparseLinear", "SparseDenseLinear", "ArmorLinear",
+           "LittleBitLinear", "MonarchLinear", "LowRankLinear", "convert", "ConvertReport",
+           "FAMILIES", "SmoothSign", "smooth_sign"]

@@ -1,0 +1,78 @@
+"""ArmorLinear: W = A @ S @ B, A and B block-diagonal, S 2:4 sparse along in."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..formats import BlockDiag, Sparse24
+from .dense_sparse import _sparse_init
+from ._base import FactorizedLinear
+
+
+class ArmorLinear(FactorizedLinear):
+    """y = x @ (A @ S @ B).T + bias (ARMOR).
+
+    Parameters: ``a_blocks`` (out/block, block, block), ``s_values`` (out, in/2) with the fixed
+    pattern buffer ``s_meta`` (out, ceil(in/16)), ``b_blocks`` (in/block, block, block).
+    ``block`` must divide in and out (ARMOR's published setting is 128); in % 4 == 0.
+    """
+
+    _factor_names = ("a_blocks", "s_values", "s_meta", "b_blocks")
+
+    def __init__(self, in_features, out_features, block=128, bias=True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        if block <= 0 or in_features % block or out_features % block:
+            raise ValueError(f"block={block} must divide in_features={in_features} and "
+                             f"out_features={out_features}")
+        if in_features % 4:
+            raise ValueError(f"in_features={in_features} must be a multiple of 4 (2:4 groups)")
+        self.block = int(block)
+        dt = dtype or torch.float32
+        self.a_blocks = nn.Parameter(BlockDiag.identity(out_features, block, dt, device).blocks)
+        v, m = _sparse_init(out_features, in_features, device, dt)
+        self.s_values = nn.Parameter(v)
+        self.register_buffer("s_meta", m)
+        self.b_blocks = nn.Parameter(BlockDiag.identity(in_features, block, dt, device).blocks)
+
+    @property
+    def A(self) -> BlockDiag:
+        return BlockDiag(self.a_blocks, check=False)
+
+    @property
+    def B(self) -> BlockDiag:
+        return BlockDiag(self.b_blocks, check=False)
+
+    @property
+    def S(self) -> Sparse24:
+        return Sparse24(self.s_values, self.s_meta, self.in_features, check=False)
+
+    def forward(self, x):
+        return ops.armor_mm(x, self.A, self.S, self.B, self.bias, self.backend)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.A.to_dense() @ self.S.to_dense() @ self.B.to_dense()
+
+    def _family_repr(self):
+        return f"block={self.block}"
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, block: int = 128, iters: int = 20, X=None):
+        """Factorize ``linear.weight`` with ``factorkern.factorize.armor``."""
+        from ..factorize import armor
+
+        cls._check_linear(linear)
+        W = linear.weight.detach()
+        res = armor(W, block=block, X=X, iters=iters)
+        A, S, B = res.factors
+        layer = cls(linear.in_features, linear.out_features, block, linear.bias is not None,
+                    W.device, W.dtype)
+        with torch.no_grad():
+            layer.a_blocks.copy_(A.blocks)
+            layer.s_values.copy_(S.values)
+            layer.s_meta.copy_(S.meta)
+            layer.b_blocks.copy_(B.blocks)
+        layer._copy_bias(linear)
+        layer.factorization_error = res.error
+        return layer

@@ -1,0 +1,156 @@
+"""fk.nn.convert: swap matching nn.Linear modules of a model for factorkern layers."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .armor import ArmorLinear
+from .dense_sparse import DenseSparseLinear, SparseDenseLinear
+from .littlebit import LittleBitLinear
+from .lowrank import LowRankLinear
+from .monarch import MonarchLinear
+
+FAMILIES = {
+    "dense_sparse": DenseSparseLinear,
+    "sparse_dense": SparseDenseLinear,
+    "armor": ArmorLinear,
+    "littlebit": LittleBitLinear,
+    "monarch": MonarchLinear,
+    "lowrank": LowRankLinear,
+}
+
+
+@dataclass
+class ConvertedLayer:
+    name: str
+    family: str
+    in_features: int
+    out_features: int
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    bits_per_weight: float
+    error: float | None
+
+
+@dataclass
+class ConvertReport:
+    """What ``convert`` did: one row per converted layer, plus totals."""
+
+    layers: list[ConvertedLayer] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def totals(self) -> dict:
+        t = {k: sum(getattr(r, k) for r in self.layers)
+             for k in ("params_before", "params_after", "bytes_before", "bytes_after")}
+        weights = sum(r.in_features * r.out_features for r in self.layers)
+        t["bits_per_weight"] = (sum(r.bits_per_weight * r.in_features * r.out_features
+                                    for r in self.layers) / weights) if weights else 0.0
+        return t
+
+    def __str__(self) -> str:
+        lines = ["| layer | family | shape | params before | params after | bytes before | "
+                 "bytes after | bits/weight | rel. error |",
+                 "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in self.layers:
+            err = "" if r.error is None else f"{r.error:.4f}"
+            lines.append(f"| {r.name} | {r.family} | {r.out_features}x{r.in_features} | "
+                         f"{r.params_before:,} | {r.params_after:,} | {r.bytes_before:,} | "
+                         f"{r.bytes_after:,} | {r.bits_per_weight:.3f} | {err} |")
+        t = self.totals()
+        lines.append(f"| **total ({len(self.layers)} layers)** | | | {t['params_before']:,} | "
+                     f"{t['params_after']:,} | {t['bytes_before']:,} | {t['bytes_after']:,} | "
+                     f"{t['bits_per_weight']:.3f} | |")
+        if self.skipped:
+            lines.append(f"\nnot converted (no matching spec or shape not supported): "
+                         f"{', '.join(self.skipped)}")
+        return "\n".join(lines)
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _parse(entry):
+    if isinstance(entry, str):
+        return entry, {}
+    if isinstance(entry, tuple) and len(entry) == 2:
+        return entry[0], dict(entry[1])
+    if isinstance(entry, dict):
+        how = dict(entry)
+        return how.pop("family"), how
+    raise TypeError(f"spec entries must be 'family', ('family', {{...}}) or "
+                    f"{{'family': ..., ...}}, got {entry!r}")
+
+
+def convert(model: nn.Module, spec: dict, *, verbose: bool = True,
+            strict: bool = False) -> ConvertReport:
+    """Replace, in place, each ``nn.Linear`` of ``model`` whose qualified name matches a pattern
+    of ``spec`` by the factorkern layer of that family, factorized from its weight with
+    ``Layer.from_linear(linear, **how)``.
+
+    Args:
+        model: any nn.Module.
+        spec: {pattern: entry} with fnmatch patterns on module names (``"encoder.*.attn.*"``,
+            ``"*"``); the first matching pattern wins. An entry is a family name, a
+            (family, kwargs) pair or a dict with a "family" key; families: dense_sparse,
+            sparse_dense, armor, littlebit, monarch, lowrank; kwargs are the family's
+            ``from_linear`` arguments (k, r, nblocks, block, iters, residual, ...). ``None``
+            leaves matching layers dense.
+        verbose: print the summary table.
+        strict: raise when a matching layer cannot be converted (e.g. a block size that does not
+            tile it) instead of leaving it dense and listing it as skipped.
+    Returns:
+        ConvertReport (layers converted, parameters and bytes before and after, bits per
+        weight, relative reconstruction errors).
+    """
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec must be a dict {{pattern: family spec}}, got {type(spec).__name__}")
+    parsed = []
+    for pattern, entry in spec.items():
+        if entry is None:
+            parsed.append((pattern, None, {}))
+            continue
+        fam, how = _parse(entry)
+        if fam not in FAMILIES:
+            raise ValueError(f"spec[{pattern!r}]: unknown family {fam!r}; families are "
+                             f"{sorted(FAMILIES)}")
+        parsed.append((pattern, fam, how))
+
+    report = ConvertReport()
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, linear in targets:
+        match = next(((fam, how) for pat, fam, how in parsed if fnmatch.fnmatchcase(name, pat)),
+                     None)
+        if match is None or match[0] is None:
+            report.skipped.append(name)
+            continue
+        fam, how = match
+        try:
+            layer = FAMILIES[fam].from_linear(linear, **how)
+        except (ValueError, TypeError) as e:
+            if strict:
+                raise ValueError(f"convert: layer {name!r} ({fam}): {e}") from e
+            report.skipped.append(f"{name} ({e})")
+            continue
+        before = [linear.weight]
+        after = layer.factor_tensors()
+        report.layers.append(ConvertedLayer(
+            name, fam, linear.in_features, linear.out_features,
+            params_before=linear.weight.numel(),
+            params_after=sum(t.numel() for t in after if t.is_floating_point()),
+            bytes_before=_nbytes(before), bytes_after=_nbytes(after),
+            bits_per_weight=layer.bits_per_weight(),
+            error=getattr(layer, "factorization_error", None)))
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, layer)
+    if verbose:
+        print(report)
+    return report
+
+
