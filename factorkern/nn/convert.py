@@ -132,7 +132,7 @@ def convert(model: nn.Module, spec: dict, *, verbose: bool = True,
         fam, how = match
         try:
             layer = FAMILIES[fam].from_linear(linear, **how)
-        except (ValueError, TypeError) as e:
+        except ValueError as e:  # a size this layer cannot take; bugs (TypeError...) propagate
             if strict:
                 raise ValueError(f"convert: layer {name!r} ({fam}): {e}") from e
             report.skipped.append(f"{name} ({e})")
