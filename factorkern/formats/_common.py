@@ -96,6 +96,9 @@ class FormatBase:
         fn = _LAYOUTS.get((type(self).__name__, backend))
         if fn is None:
             return ()
+        if torch.compiler.is_compiling():
+            # Under torch.compile the layout becomes part of the graph (no storage to key on).
+            return tuple(fn(self))
         key = (backend,) + tuple((t.data_ptr(), t._version, tuple(t.shape))
                                  for t in self.tensors())
         hit = self._prepared.get(backend)
