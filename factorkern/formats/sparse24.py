@@ -54,9 +54,11 @@ def meta_indices(meta: torch.Tensor, cols: int) -> torch.Tensor:
     """Column index of every kept value: int64 (rows, cols // 2), matching ``values``."""
     groups = cols // 4
     nib = meta_nibbles(meta, groups)
-    base = torch.arange(groups, device=meta.device, dtype=torch.int64) * 4
-    idx = torch.stack([base + (nib & 3), base + ((nib >> 2) & 3)], dim=-1)
-    return idx.reshape(meta.shape[0], cols // 2)
+    # One table lookup per nibble: (idx0, idx1) = (nib & 3, nib >> 2), plus the group's base.
+    lut = torch.tensor([[n & 3, n >> 2] for n in range(16)], device=meta.device)
+    base = torch.arange(0, cols, 4, device=meta.device, dtype=torch.int64).view(1, groups, 1)
+    # (embedding is the fastest row gather for a small table on the CPU)
+    return (torch.nn.functional.embedding(nib, lut) + base).reshape(meta.shape[0], cols // 2)
 
 
 def _find_bad_group(S: torch.Tensor):
