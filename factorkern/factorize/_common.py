@@ -82,3 +82,44 @@ def result(factors, W: torch.Tensor, W_hat: torch.Tensor, X) -> Factorization:
 def svd(W: torch.Tensor):
     """Thin SVD (U, S, Vh) of a (batched) matrix."""
     return torch.linalg.svd(W, full_matrices=False)
+
+
+def ridge(G: torch.Tensor, rel: float | None = None) -> torch.Tensor:
+    """G + eps I (G symmetric PSD, batched too) with eps relative to G's largest diagonal entry:
+    keeps normal equations solvable when a factor is rank deficient (a pruned-away direction),
+    negligible otherwise."""
+    if rel is None:
+        rel = 10 * torch.finfo(G.dtype).eps
+    scale = G.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-30)
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    return G + (rel * scale)[..., None, None] * eye
+
+
+def solve_right(B: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """B @ inv(G) for symmetric PSD G (batched too), with a relative ridge."""
+    return torch.linalg.solve(ridge(G), B.transpose(-1, -2)).transpose(-1, -2)
+
+
+def masked_cg(S: torch.Tensor, mask: torch.Tensor, apply, rhs: torch.Tensor,
+              steps: int) -> torch.Tensor:
+    """Minimize 0.5 <S, apply(S)> - <rhs, S> over S with support ``mask`` by conjugate
+    gradients started from S (``apply`` symmetric PSD, S zero off the mask). Every step lowers
+    the objective and S stays zero off the mask."""
+    m = mask.to(S.dtype)
+    res = (rhs - apply(S)) * m
+    d = res.clone()
+    rr = (res * res).sum()
+    for _ in range(steps):
+        if rr <= 0:
+            break
+        Ad = apply(d) * m
+        dAd = (d * Ad).sum()
+        if dAd <= 0:
+            break
+        alpha = rr / dAd
+        S = S + alpha * d
+        res = res - alpha * Ad
+        rr_new = (res * res).sum()
+        d = res + (rr_new / rr) * d
+        rr = rr_new
+    return S

@@ -27,84 +27,76 @@ import torch
 from ..formats.sparse24 import Sparse24
 from ..formats.sparse24 import prune_24 as _prune_pattern
 from ._common import (Factorization, check_calibration, check_positive_int, check_weight,
-                      compute_dtype, result)
+                      compute_dtype, masked_cg, result, ridge, solve_right)
 from .lowrank import svd_factors
 
 _CG_STEPS = 8
 
 
-def _ridge(G: torch.Tensor) -> torch.Tensor:
-    """G + eps I with eps relative to G's scale: keeps the normal equations solvable when a
-    factor is rank deficient (a pruned-away direction), negligible otherwise."""
-    eps = torch.finfo(G.dtype).eps * 10 * G.diagonal().abs().max().clamp_min(1e-30)
-    return G + eps * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+def _pattern_mask(M: torch.Tensor, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean 2:4 mask of M (kept entries of prune_24(M, scores)), exact zeros included."""
+    kept = _prune_pattern(M, scores).indices()
+    return torch.zeros_like(M, dtype=torch.bool).scatter(1, kept, True)
 
 
-def _solve_right(B: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """B @ inv(G) for symmetric PSD G."""
-    return torch.linalg.solve(_ridge(G), B.T).T
+def _better(best, residual, *factors):
+    """Keep the iterate with the smallest residual (every step is checked, so more iterations
+    never return a worse fit)."""
+    err = torch.linalg.matrix_norm(residual)
+    return (err, *factors) if err < best[0] else best
 
 
-def masked_cg(S: torch.Tensor, mask: torch.Tensor, apply, rhs: torch.Tensor,
-              steps: int) -> torch.Tensor:
-    """Minimize 0.5 <S, apply(S)> - <rhs, S> over S with support ``mask`` by conjugate
-    gradients from S (``apply`` symmetric PSD). Each step lowers the objective."""
-    m = mask.to(S.dtype)
-    res = (rhs - apply(S)) * m
-    d = res.clone()
-    rr = (res * res).sum()
-    for _ in range(steps):
-        if rr <= 0:
-            break
-        Ad = apply(d) * m
-        dAd = (d * Ad).sum()
-        if dAd <= 0:
-            break
-        alpha = rr / dAd
-        S = S + alpha * d
-        res = res - alpha * Ad
-        rr_new = (res * res).sum()
-        d = res + (rr_new / rr) * d
-        rr = rr_new
-    return S
+def _init(W: torch.Tensor, k: int, random_side: int):
+    """Truncated-SVD start (U (out, k), V (in, k)), W ~ U V.T. When k exceeds rank(W)'s bound
+    min(out, in), the extra directions start at zero on one side and random (seeded) on the
+    other (``random_side`` 0: U, 1: V), so the first least-squares step puts them to use."""
+    U, V = svd_factors(W, min(k, *W.shape))
+    extra = k - U.shape[1]
+    if extra > 0:
+        g = torch.Generator(device=W.device).manual_seed(0)
+        scale = float(U.norm() + V.norm()) / (U.shape[1] * (U.shape[0] + V.shape[0])) ** 0.5
+        pads = [torch.zeros(n, extra, dtype=W.dtype, device=W.device) for n in (U.shape[0],
+                                                                                V.shape[0])]
+        pads[random_side] = scale * torch.randn(pads[random_side].shape, generator=g,
+                                                dtype=W.dtype, device=W.device)
+        U, V = torch.cat([U, pads[0]], 1), torch.cat([V, pads[1]], 1)
+    return U, V
 
 
 def _fit_ds(W: torch.Tensor, k: int, iters: int):
     """W (out, in) ~ D (out, k) @ S (k, in), S 2:4 along in. Returns (D, S dense)."""
-    U, V = svd_factors(W, k)
+    U, V = _init(W, k, random_side=1)
     D, S = U, _prune_pattern(V.T.contiguous()).to_dense()
     best = (torch.linalg.matrix_norm(W - D @ S), D, S)
     for _ in range(iters):
-        D = _solve_right(W @ S.T, S @ S.T)
+        D = solve_right(W @ S.T, S @ S.T)
+        best = _better(best, W - D @ S, D, S)
         G = D.T @ D
-        S_free = torch.linalg.solve(_ridge(G), D.T @ W)
+        S_free = torch.linalg.solve(ridge(G), D.T @ W)
         # Pruning S[i, j] costs about |S_ij| ||D[:, i]||: constant inside a group of S's row i,
         # so plain magnitude.
-        S = _prune_pattern(S_free).to_dense()
-        S = masked_cg(S, S != 0, lambda T: G @ T, D.T @ W, _CG_STEPS)
-        err = torch.linalg.matrix_norm(W - D @ S)
-        if err < best[0]:
-            best = (err, D, S)
+        mask = _pattern_mask(S_free)
+        S = masked_cg(S_free * mask, mask, lambda T: G @ T, D.T @ W, _CG_STEPS)
+        best = _better(best, W - D @ S, D, S)
     return best[1], best[2]
 
 
 def _fit_sd(W: torch.Tensor, k: int, iters: int):
     """W (out, in) ~ S (out, k) @ D (k, in), S 2:4 along k. Returns (S dense, D)."""
-    U, V = svd_factors(W, k)
+    U, V = _init(W, k, random_side=0)
     S, D = _prune_pattern(U).to_dense(), V.T.contiguous()
     best = (torch.linalg.matrix_norm(W - S @ D), S, D)
     for _ in range(iters):
-        D = torch.linalg.solve(_ridge(S.T @ S), S.T @ W)
+        D = torch.linalg.solve(ridge(S.T @ S), S.T @ W)
+        best = _better(best, W - S @ D, S, D)
         G = D @ D.T
         WD = W @ D.T
-        S_free = _solve_right(WD, G)
+        S_free = solve_right(WD, G)
         # Pruning S[i, j] costs about |S_ij| ||D[j, :]||, which varies inside a group.
         scores = S_free.abs() * torch.linalg.vector_norm(D, dim=1)
-        mask = _prune_pattern(S_free, scores).to_dense() != 0
+        mask = _pattern_mask(S_free, scores)
         S = masked_cg(S_free * mask, mask, lambda T: T @ G, WD, _CG_STEPS)
-        err = torch.linalg.matrix_norm(W - S @ D)
-        if err < best[0]:
-            best = (err, S, D)
+        best = _better(best, W - S @ D, S, D)
     return best[1], best[2]
 
 
@@ -114,14 +106,15 @@ def dense_sparse(W: torch.Tensor, k: int, order: str = "ds", iters: int = 10,
 
     order "ds": factors (D (out, k), S Sparse24 (k, in)), W ~ D @ S (in % 4 == 0).
     order "sd": factors (S Sparse24 (out, k), D (k, in)), W ~ S @ D (k % 4 == 0).
-    k in 1..min(out, in) (and a multiple of 4 for "sd").
+    k >= 1 (a multiple of 4 for "sd"); k > min(out, in) is allowed (the sparse factor holds
+    only half its entries), its extra directions start random.
     iters >= 0 alternating steps. X (N, in): only for the output error.
     """
     check_weight(W)
     out_f, in_f = W.shape
     if order not in ("ds", "sd"):
         raise ValueError(f"order must be 'ds' (W ~ D @ S) or 'sd' (W ~ S @ D), got {order!r}")
-    check_positive_int("k", k, min(out_f, in_f), f" (W is {out_f} x {in_f})")
+    check_positive_int("k", k)
     if order == "ds":
         if in_f % 4:
             raise ValueError(f"order='ds' puts the 2:4 groups along in: W.shape[1] = {in_f} must "
