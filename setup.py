@@ -39,6 +39,10 @@ def _has_cuda_sources():
 
 ext_modules, cmdclass = [], {}
 if _want_cuda():
+    import sys
+
+    # PEP 517 backends do not put the project folder on sys.path; build_cuda.py lives there.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from build_cuda import cuda_extension  # noqa: E402  (kept beside setup.py)
 
     ext, cmd = cuda_extension()

@@ -247,8 +247,23 @@ def _lb_backward(ctx, gy):
 _littlebit_mm.register_autograd(_lb_backward, setup_context=_lb_setup)
 
 
+# The opt-in quantized-activation path (popcount kernels): a separate op, so `auto` on
+# littlebit_mm never changes the numbers. Inference only (no autograd: rounding has no gradient).
+@torch.library.custom_op("factorkern::littlebit_mm_popcount", mutates_args=())
+def _littlebit_mm_popcount(x: Tensor, u_words: list[Tensor], v_words: list[Tensor],
+                           h: list[Tensor], l: list[Tensor], g: list[Tensor],
+                           bias: Optional[Tensor], backend: str, extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("littlebit_mm_popcount", backend)(x, u_words, v_words, h, l, g, bias,
+                                                              extra)
+
+
+@_littlebit_mm_popcount.register_fake
+def _(x, u_words, v_words, h, l, g, bias, backend, extra):
+    return x.new_empty(x.shape[0], h[0].shape[0])
+
+
 def littlebit_mm(x: Tensor, F: LittleBitFactors, bias: Optional[Tensor] = None,
-                 backend: str = "auto") -> Tensor:
+                 backend: str = "auto", *, quantize_activations: bool = False) -> Tensor:
     """y = x @ W.T + bias with W = sum over terms of diag(h) sign(U) diag(l) sign(V).T diag(g),
     computed per term as h * ((((x * g) @ sign(V)) * l) @ sign(U).T) (LittleBit).
 
@@ -256,10 +271,16 @@ def littlebit_mm(x: Tensor, F: LittleBitFactors, bias: Optional[Tensor] = None,
         x: (..., in).
         F: LittleBitFactors of W (out, in); its scales in x's dtype.
         bias: optional (out,).
+        quantize_activations: False (default): the exact path, signs applied exactly, fp32
+            accumulation. True: opt in to the XNOR/popcount path, which quantizes x * g per
+            token to int8 (``factorkern.reference.littlebit_quant`` documents the rounding) and
+            so changes the numbers (about 1.3% relative error with Gaussian x and g); runs the op
+            ``factorkern::littlebit_mm_popcount`` (backend "torch": its quantized reference,
+            "cuda": the popcount kernel). Inference only: no gradient.
     Returns:
-        (..., out) in x's dtype. Exact path: signs are applied exactly, fp32 accumulation.
+        (..., out) in x's dtype.
     """
-    op = "littlebit_mm"
+    op = "littlebit_mm_popcount" if quantize_activations else "littlebit_mm"
     check_x(op, x)
     check_format(op, "F", F, LittleBitFactors)
     check_in(op, x, F.in_features, f"F of shape {F.shape}")
