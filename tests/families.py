@@ -114,3 +114,16 @@ SHAPES = {
 def rel_err(y, ref) -> float:
     y, ref = y.double(), ref.double()
     return ((y - ref).norm() / ref.norm()).item()
+
+
+def make_x(lead, n_in, dtype, layout="contiguous", device="cpu"):
+    """x (*lead, n_in): "contiguous", "strided" (every other column of a wider tensor) or
+    "transposed" (a transposed (n_in, M) buffer viewed as (*lead, n_in))."""
+    if layout == "strided":  # every other column: stride 2 along in
+        return torch.randn(*lead, 2 * n_in, dtype=dtype, device=device)[..., ::2]
+    if layout == "transposed":  # (M, in) with strides (1, M)
+        m = 1
+        for d in lead:
+            m *= d
+        return torch.randn(n_in, m, dtype=dtype, device=device).T.reshape(*lead, n_in)
+    return torch.randn(*lead, n_in, dtype=dtype, device=device)

@@ -11,6 +11,8 @@ import torch
 import factorkern as fk
 from factorkern.triton_kernels._common import compile_only_subprocess, force
 
+from families import make_x
+
 TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-5}
 
 # (leading dims of x, in, out, r, bias, x layout)
@@ -23,15 +25,6 @@ CASES = [
 ]
 
 
-def make_x(lead, n_in, dtype, layout, device):
-    if layout == "strided":
-        return torch.randn(*lead, 2 * n_in, dtype=dtype, device=device)[..., ::2]
-    if layout == "transposed":
-        m = 1
-        for d in lead:
-            m *= d
-        return torch.randn(n_in, m, dtype=dtype, device=device).T.reshape(*lead, n_in)
-    return torch.randn(*lead, n_in, dtype=dtype, device=device)
 
 
 def check(lead, n_in, out, r, has_bias, layout, dtype, device="cpu", v_transposed=False):
