@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 import factorkern as fk
-from factorkern.formats import BlockDiag, LittleBitFactors, MonarchFactors, Sparse24
+from factorkern.formats import BlockDiag, LittleBitFactors, MonarchFactors
 
 
 def _f64(f):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import factorkern as fk
-from factorkern.formats import BlockDiag, LittleBitFactors, MonarchFactors, SignBits, Sparse24
+from factorkern.formats import BlockDiag, LittleBitFactors, MonarchFactors
 
 from families import OPS, SHAPES, make_case, rel_err
 

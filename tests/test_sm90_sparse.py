@@ -1,7 +1,6 @@
 """sm_90a wgmma.sp 2:4 kernel (csrc/sm90_sparse): the fragment layouts on the CPU, the sm_90a
 compile with the sparse HGMMA in the SASS, and (GPU only) numerics against the reference."""
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +10,7 @@ import torch
 
 import factorkern.cuda_sm90 as sm90
 from factorkern import reference as ref
-from factorkern.formats import Sparse24, prune_24
+from factorkern.formats import prune_24
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "csrc" / "sm90_sparse" / "sm90_sparse_gemm.cu"

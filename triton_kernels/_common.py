@@ -125,6 +125,30 @@ def launch(kernel, grid: Callable[[dict], tuple], args: dict, *, tag: tuple, con
     fn[grid](**args)
 
 
+_PICKED: dict = {}
+
+
+def pick_config(name: str, key: tuple, configs: list, run: Callable[[dict], object]) -> dict:
+    """Hand-rolled autotuning for launchers whose configs change the grid and the derived
+    arguments (so ``triton.autotune`` does not fit): time ``run(cfg)`` for every config with
+    ``triton.testing.do_bench``, skip configs that fail to compile for this shape (resources),
+    cache the winner per ``key`` (which should hold the M bucket, shapes, dtype, GPU name)."""
+    full = (name,) + tuple(key)
+    if full not in _PICKED:
+        best = None
+        for cfg in configs:
+            try:
+                ms = triton.testing.do_bench(lambda: run(cfg))
+            except Exception:  # a config that does not compile for this shape (resources)
+                continue
+            if best is None or ms < best[0]:
+                best = (ms, cfg)
+        if best is None:
+            raise RuntimeError(f"{name} (triton): no config of the autotune space compiles")
+        _PICKED[full] = best[1]
+    return _PICKED[full]
+
+
 def compile_only(kernel, constexprs: dict, pointer_types: dict, arch: int = 90,
                  num_warps: int = 4, num_stages: int = 3):
     """Compile ``kernel`` for an NVIDIA target (sm_<arch>) without a GPU and without launching

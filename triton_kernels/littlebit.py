@@ -35,7 +35,6 @@ N (in + out) elements of x's dtype + r (in + out) / 8 sign bytes + (in + out + r
 
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
@@ -43,6 +42,8 @@ import triton.language as tl
 
 from factorkern.dispatch import register_kernel
 from factorkern.formats._common import register_layout
+
+from ._common import interpreting, pick_config
 
 
 @triton.jit
@@ -192,12 +193,7 @@ _SPACE = {
 _INTERPRET_CONFIG = {"decode": dict(BK=32, BR1=8, BN=16, BR2=32, num_warps=4, num_stages=1),
                      "prefill": dict(BM=16, BK=32, BR1=16, BN=16, BR2=32, num_warps=4,
                                      num_stages=1)}
-_TUNED: dict = {}
 _COUNTERS: dict = {}
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _counters(device):
@@ -239,19 +235,8 @@ def _tuned_config(x, stacked, bias, variant):
     u, v = stacked[0], stacked[1]
     key = (variant, x.shape[0] if variant == "decode" else 0, tuple(u.shape), tuple(v.shape),
            x.dtype, torch.cuda.get_device_name(x.device))
-    if key not in _TUNED:
-        best = None
-        for cfg in _SPACE[variant]:
-            try:
-                ms = triton.testing.do_bench(lambda: _launch(x, stacked, bias, cfg, variant))
-            except Exception:  # a config that does not compile for this shape (resources)
-                continue
-            if best is None or ms < best[0]:
-                best = (ms, cfg)
-        if best is None:
-            raise RuntimeError("littlebit_mm (triton): no config of the autotune space compiles")
-        _TUNED[key] = best[1]
-    return _TUNED[key]
+    return pick_config("littlebit_mm", key, _SPACE[variant],
+                       lambda cfg: _launch(x, stacked, bias, cfg, variant))
 
 
 def littlebit_mm(x, u_words, v_words, h, l, g, bias=None, extra=(), *, variant=None,
@@ -266,7 +251,7 @@ def littlebit_mm(x, u_words, v_words, h, l, g, bias=None, extra=(), *, variant=N
     if variant is None:
         variant = "decode" if x.shape[0] <= 16 else "prefill"
     if config is None:
-        config = _INTERPRET_CONFIG[variant] if _interpret() or not x.is_cuda else \
+        config = _INTERPRET_CONFIG[variant] if interpreting() or not x.is_cuda else \
             _tuned_config(x, stacked, bias, variant)
     return _launch(x, stacked, bias, config, variant)
 

@@ -37,13 +37,14 @@ the stage-2 tensor-core product (fly's bmm path rounds t the same way).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from factorkern.dispatch import register_kernel
+
+from ._common import interpreting, pick_config
 
 
 @triton.jit
@@ -160,11 +161,6 @@ _SPACE = {
 }
 # One small config for Triton's interpreter (autotuning there is slow and meaningless).
 _INTERPRET_CONFIG = dict(BM=16, BK=16, BR=16, G=2, S_CAP=64, num_warps=4, num_stages=1)
-_TUNED: dict = {}  # (bucket, shapes, dtype, device name) -> winning config
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _launch(x, w1, w2, out_features, bias, cfg):
@@ -198,19 +194,8 @@ def _launch(x, w1, w2, out_features, bias, cfg):
 def _tuned_config(x, w1, w2, out_features, bias):
     bucket = "decode" if x.shape[0] <= 16 else "prefill"
     key = (bucket, tuple(w1.shape), tuple(w2.shape), x.dtype, torch.cuda.get_device_name(x.device))
-    if key not in _TUNED:
-        best = None
-        for cfg in _SPACE[bucket]:
-            try:
-                ms = triton.testing.do_bench(lambda: _launch(x, w1, w2, out_features, bias, cfg))
-            except Exception:  # a config that does not compile for this shape (resources)
-                continue
-            if best is None or ms < best[0]:
-                best = (ms, cfg)
-        if best is None:
-            raise RuntimeError("monarch_mm (triton): no config of the autotune space compiles")
-        _TUNED[key] = best[1]
-    return _TUNED[key]
+    return pick_config("monarch_mm", key, _SPACE[bucket],
+                       lambda cfg: _launch(x, w1, w2, out_features, bias, cfg))
 
 
 def monarch_mm(x, w1, w2, out_features, bias=None, extra=(), *, config=None):
@@ -220,7 +205,7 @@ def monarch_mm(x, w1, w2, out_features, bias=None, extra=(), *, config=None):
     if bias is not None:
         bias = bias.contiguous()
     if config is None:
-        config = _INTERPRET_CONFIG if _interpret() or not x.is_cuda else \
+        config = _INTERPRET_CONFIG if interpreting() or not x.is_cuda else \
             _tuned_config(x, w1, w2, out_features, bias)
     return _launch(x, w1, w2, out_features, bias, config)
 
