@@ -1,6 +1,6 @@
 """Dispatch: the one place that picks a backend for an op.
 
-Backends: "torch" (the reference, always there), "triton" (factorkern.triton_kernels), "cuda"
+Backends: "torch" (the library path, ``factorkern.library``, always there), "triton" (factorkern.triton_kernels), "cuda"
 (factorkern._C). Kernel modules register themselves with ``register_kernel`` when imported; they are
 imported lazily, the first time a backend is asked about, so nothing touches a GPU at import time.
 
@@ -76,7 +76,7 @@ def _interpret() -> bool:
 def availability(backend: str) -> tuple[bool, str]:
     """(available, reason) for a backend on this machine."""
     if backend == "torch":
-        return True, "pure-torch reference, always available"
+        return True, "the library path (factorkern.library), always available"
     if backend not in BACKENDS:
         return False, f"unknown backend {backend!r}; backends are {BACKENDS}"
     _load(backend)
@@ -159,8 +159,10 @@ def resolve(op: str, backend: str, x, *args) -> str:
 
 def kernel(op: str, backend: str) -> Callable:
     """The function that runs ``op`` on ``backend`` (called inside the custom op)."""
-    if backend == "torch":
-        return _REFERENCE[op]
+    from . import library
+
+    if library.is_library(backend):
+        return library.kernel(op, backend)
     _load(backend)
     k = _KERNELS.get((op, backend))
     if k is None:
