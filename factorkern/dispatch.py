@@ -276,8 +276,14 @@ def _table(device: str) -> tuple:
     hit = _TABLES.get(device)
     if hit is None:
         _load_plugins()
-        found = _records.find(_records.device_key(device), _records.software_key(), gpu=True)
-        table = _records.Table(found.record, found.stale) if found.record is not None else None
+        try:
+            found = _records.find(_records.device_key(device), _records.software_key(), gpu=True)
+            table = _records.Table(found.record, found.stale) if found.record is not None \
+                else None
+        except Exception as e:  # reading records must never break an op: say so, run safely
+            warnings.warn(f"factorkern: could not read the verification records ({type(e).__name__}"
+                          f": {e}); auto takes the library path", RuntimeWarning, stacklevel=2)
+            found, table = _records.Found(notes=[f"error reading records: {e}"]), None
         hit = _TABLES[device] = (table, found)
     return hit
 

@@ -134,11 +134,15 @@ def test_corrupt_or_half_written_cache_files_are_ignored_with_a_warning(cache):
     (folder / "half.json").write_text(text[: len(text) // 2])     # a write cut short
     (folder / "junk.json").write_bytes(b"\x00\xff not json")
     (folder / "list.json").write_text("[1, 2]")
+    bad_row = _record([_row()])
+    bad_row["rows"][0]["m"] = "five"
+    records.save(bad_row, folder / "badrow.json")
+    (folder / "nodevice.json").write_text(json.dumps(dict(_record([_row()]), device=[1])))
     with pytest.warns(RuntimeWarning, match="ignoring the verification record") as w:
         found = records.find(FAKE_GPU, SOFTWARE)
     assert found.path.endswith("good.json")
     assert {os.path.basename(str(x.message).split(": ")[1]) for x in w} >= {
-        "half.json", "junk.json", "list.json"}
+        "half.json", "junk.json", "list.json", "badrow.json", "nodevice.json"}
 
 
 def test_save_is_atomic(tmp_path):
@@ -193,6 +197,15 @@ def test_table_stale_backend_refused_rows_sweep_rows_and_best_of_two():
     assert sweep_only.choice("lowrank_mm", "float32", "2-16", "S-a8")[0] is None
     vetoed = Table(_record([_row(), _row(m=8, ms=5.0, source="sweep")]))
     assert vetoed.choice("lowrank_mm", "float32", "2-16", "S-a8")[0] is None
+
+
+def test_merge_keeps_the_kernels_a_limited_run_did_not_cover():
+    old = _record([_row(), _row("test_wrong")])
+    new = _record([_row(ms=0.5)])
+    merged = records.merge(old, new)
+    assert sorted((r["backend"], r["ms"]) for r in merged["rows"]) == [
+        ("test_good", 0.5), ("test_wrong", 1.0)]
+    assert {k["backend"] for k in merged["kernels"]} == {"test_good", "test_wrong"}
 
 
 def test_extend_replaces_same_rows_of_the_same_source():

@@ -242,21 +242,57 @@ def save(record: dict, path=None) -> Path:
     return path
 
 
+_ROW_KEYS = {"op": str, "backend": str, "dtype": str, "m": int, "status": str}
+_KERNEL_KEYS = {"op": str, "backend": str, "dtype": str, "status": str}
+
+
+def _validate(rec) -> None:
+    """Raise ValueError unless ``rec`` has the record's structure (types of what auto reads)."""
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    for k, t in (("schema", int), ("device", dict), ("software", dict), ("kernels", list),
+                 ("rows", list)):
+        if not isinstance(rec.get(k), t):
+            raise ValueError(f"field {k!r} missing or not a {t.__name__}")
+    if not isinstance(rec["software"].get("sources", {}), dict):
+        raise ValueError("software.sources is not an object")
+    for what, items, keys in (("kernels", rec["kernels"], _KERNEL_KEYS),
+                              ("rows", rec["rows"], _ROW_KEYS)):
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not all(isinstance(item.get(k), t)
+                                                     for k, t in keys.items()):
+                raise ValueError(f"{what}[{i}] is malformed")
+    for i, r in enumerate(rec["rows"]):
+        for k in ("ms", "library_ms"):
+            if r.get(k) is not None and not isinstance(r[k], (int, float)):
+                raise ValueError(f"rows[{i}].{k} is not a number")
+
+
 def load(path) -> Optional[dict]:
-    """A record, or None with a warning when the file is unreadable, corrupt or half-written."""
+    """A record, or None with a warning when the file is unreadable, corrupt, half-written or
+    not shaped like a record."""
     try:
         with open(path) as f:
             rec = json.load(f)
-        if not isinstance(rec, dict):
-            raise ValueError("not a JSON object")
-        for k in ("schema", "device", "software", "kernels", "rows"):
-            if k not in rec:
-                raise ValueError(f"no {k!r} field")
+        _validate(rec)
         return rec
     except (OSError, ValueError) as e:
         warnings.warn(f"factorkern: ignoring the verification record {path}: {e}",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def merge(old: dict, new: dict) -> dict:
+    """``new`` plus what ``old`` (same device and software) has for the (op, backend, dtype)
+    kernels ``new`` did not run: a run limited with --ops/--dtypes/--backends refines the record
+    instead of replacing it."""
+    ran = {(k["op"], k["backend"], k["dtype"]) for k in new["kernels"]}
+    kept_k = [k for k in old["kernels"] if (k["op"], k["backend"], k["dtype"]) not in ran]
+    kept_r = [r for r in old["rows"] if (r["op"], r["backend"], r["dtype"]) not in ran]
+    out = dict(new, kernels=kept_k + new["kernels"], rows=kept_r + new["rows"])
+    if kept_k:
+        out["settings"] = dict(new["settings"], merged_with=old.get("created"))
+    return out
 
 
 def _major(v) -> Optional[str]:
@@ -317,9 +353,9 @@ def _candidates(device: dict):
         recs = []
         for p in folder.glob("*.json"):
             rec = load(p)
-            if rec is not None and rec.get("device", {}).get("name") == device.get("name") \
-                    and rec.get("device", {}).get("type") == device.get("type"):
-                recs.append((rec.get("created", ""), str(p), rec))
+            if rec is not None and rec["device"].get("name") == device.get("name") \
+                    and rec["device"].get("type") == device.get("type"):
+                recs.append((str(rec.get("created", "")), str(p), rec))
         out += [(p, r) for _, p, r in sorted(recs, key=lambda t: t[0], reverse=True)]
     return out
 

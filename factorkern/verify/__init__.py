@@ -97,8 +97,9 @@ def verify(*, ops: Optional[Sequence[str]] = None, dtypes: Optional[Sequence[str
         timeout: seconds a case may take before its child is killed (default 300 on a GPU,
             120 in the interpreter; the first call of a kernel includes its autotuning).
         timing: time the passing kernels (default: on a GPU; never in the interpreter).
-        write: write the record to the cache (``cache_dir`` overrides where); ``output``: also
-            write it to that file.
+        write: write the record to the cache (``cache_dir`` overrides where), merged with the
+            record already there for this device and software (the kernels this run did not
+            cover are kept); ``output``: also write it to that file.
         progress: progress bar on stderr (default: when stderr is a terminal);
             ``details``: print every row, not only the summary.
     Returns:
@@ -133,9 +134,9 @@ def verify(*, ops: Optional[Sequence[str]] = None, dtypes: Optional[Sequence[str
     b_list = _names(backends, all_backends, "backend") or all_backends
     timeout = timeout or (120.0 if interpreted else 300.0)
     timing = on_gpu if timing is None else (bool(timing) and on_gpu)
-    device = "cuda" if on_gpu else "cpu"
+    device = f"cuda:{torch.cuda.current_device()}" if on_gpu else "cpu"
 
-    dev_key = _records.device_key(torch.device("cuda") if on_gpu else None)
+    dev_key = _records.device_key(torch.device(device) if on_gpu else None)
     soft = _records.software_key()
     record = _records.new_record(dev_key, soft, interpreted=interpreted, quick=quick, settings={
         "mode": mode, "shapes": [list(s) for s in shapes], "m": list(ms), "dtypes": dnames,
@@ -189,9 +190,12 @@ def verify(*, ops: Optional[Sequence[str]] = None, dtypes: Optional[Sequence[str
     if write:
         from pathlib import Path
 
-        path = Path(cache_dir) / "records" if cache_dir else _records.cache_dir()
-        record_path = _records.save(record, path / _records.file_name(dev_key, soft,
-                                                                      interpreted))
+        folder = Path(cache_dir) / "records" if cache_dir else _records.cache_dir()
+        path = folder / _records.file_name(dev_key, soft, interpreted)
+        old = _records.load(path) if path.exists() else None
+        if old is not None and old["device"] == dev_key and old["software"] == soft:
+            record = _records.merge(old, record)
+        record_path = _records.save(record, path)
         if output:
             _records.save(record, output)
         dispatch.reload_records()
