@@ -174,9 +174,10 @@ def software_key() -> dict:
 
     import factorkern
 
-    try:
-        import triton
-        triton_version = triton.__version__
+    try:  # the installed distribution's version: no need to import triton for it
+        from importlib.metadata import version
+
+        triton_version = version("triton")
     except Exception:
         triton_version = None
     return {"driver": _driver_version() if torch.cuda.is_available() else None,

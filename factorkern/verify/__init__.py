@@ -1,7 +1,7 @@
 """Self-verification: ``python -m factorkern.verify`` or ``factorkern.verify()``.
 
 Runs every registered kernel (Triton, CUDA, sm_90a and plugin backends) that can run here, in
-spawned child processes (``runner``: a crash, a CUDA fault or a hang past the timeout fails that
+child processes (``runner``: a crash, a CUDA fault or a hang past the timeout fails that
 kernel, never the caller), against the float64 oracle on a fixed matrix of shapes, dtypes and M
 (``cases``), outputs poisoned with NaN before each call; on a GPU the passing kernels are then
 timed against the library path and dense ``F.linear`` in the same child. Prints a progress bar

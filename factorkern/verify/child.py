@@ -1,4 +1,5 @@
-"""A verification child process (spawned by ``factorkern.verify.runner``): runs the cases of
+"""A verification child process (started by ``factorkern.verify.runner`` as
+``python -m factorkern.verify.child FD``, FD one end of a socket pair): runs the cases of
 the jobs the parent sends, one result message per case, so that a crash or a hang is charged
 to the case in flight and never to the parent.
 
@@ -172,3 +173,10 @@ def main(conn) -> None:
         conn.send(("done",) if ok else ("restart",))
         if not ok:
             return
+
+
+if __name__ == "__main__":
+    import sys
+    from multiprocessing.connection import Connection
+
+    main(Connection(int(sys.argv[1])))

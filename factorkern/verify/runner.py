@@ -1,5 +1,11 @@
 """The parent side of verification: spawned children, timeouts, crash accounting.
 
+A child is a fresh interpreter (``python -m factorkern.verify.child FD``) talking over a socket
+pair with ``multiprocessing``'s connection protocol. Unlike ``multiprocessing``'s spawn it never
+re-imports the caller's main script, so ``fk.verify()`` can be called from any script, guarded
+by ``if __name__ == "__main__"`` or not; it inherits the environment (``TRITON_INTERPRET``,
+``FACTORKERN_PLUGINS``) and the caller's ``sys.path`` (so plugins import alike).
+
 Each job is the cases of one kernel (op, backend, dtype). A child runs jobs one after another
 and answers one message per case. When the child dies (a segfault, a CUDA fault, ``os._exit``)
 the case in flight becomes "crash" (with the signal or exit code), when it stays silent past the
@@ -10,13 +16,16 @@ starts in a fresh child. The parent never runs a kernel.
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from . import child
+from multiprocessing.connection import Connection
 
 
 def exit_reason(code: Optional[int]) -> str:
@@ -31,39 +40,48 @@ def exit_reason(code: Optional[int]) -> str:
 
 
 class Worker:
-    """One spawned child."""
+    """One child process."""
 
     def __init__(self, startup_timeout: float):
-        ctx = mp.get_context("spawn")
-        self.conn, theirs = ctx.Pipe()
-        self.proc = ctx.Process(target=child.main, args=(theirs,), daemon=True)
-        self.proc.start()
+        mine, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "factorkern.verify.child", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL)
         theirs.close()
+        self.conn = Connection(mine.detach())
         if not self.conn.poll(startup_timeout):
             self.kill()
             raise RuntimeError(f"the verification child did not start in {startup_timeout:.0f} s")
         try:
             msg = self.conn.recv()
-        except EOFError:
-            self.proc.join(5)
+        except (EOFError, OSError):
+            self.proc.wait(5)
             raise RuntimeError("the verification child died while starting: "
-                               f"{exit_reason(self.proc.exitcode)}") from None
+                               f"{exit_reason(self.proc.returncode)}") from None
         assert msg[0] == "ready", msg
 
+    @property
+    def exitcode(self) -> Optional[int]:
+        return self.proc.poll()
+
     def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.terminate()
-            self.proc.join(3)
-        if self.proc.is_alive():
-            self.proc.kill()
-            self.proc.join(3)
+        for stop in (self.proc.terminate, self.proc.kill):
+            if self.proc.poll() is not None:
+                break
+            stop()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                pass
         self.conn.close()
 
     def close(self) -> None:
         try:
             self.conn.send(None)
-            self.proc.join(10)
-        except (OSError, BrokenPipeError):
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
             pass
         self.kill()
 
@@ -87,8 +105,11 @@ def run_job(worker: Worker, job: dict, timeout: float, on_row: Callable) -> Outc
         try:
             msg = worker.conn.recv()
         except (EOFError, OSError):
-            worker.proc.join(5)
-            out.ended, out.detail = "crash", f"the process died: {exit_reason(worker.proc.exitcode)}"
+            try:
+                worker.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            out.ended, out.detail = "crash", f"the process died: {exit_reason(worker.exitcode)}"
             return out
         if msg[0] == "row":
             out.rows.append(msg[1])
