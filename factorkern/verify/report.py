@@ -93,6 +93,13 @@ def summary_lines(record: dict, details: bool = False, on_gpu: bool = True) -> l
                      if timed else "-", picks or "-"])
     out += _table(["backend", "op", "dtype", "kernel", "passed", "worst err",
                    "faster than library", "auto cells"], body)
+    ops = sorted({k["op"] for k in record["kernels"]})
+    takes = [f"  {op}: " + ", ".join(f"{b} for {d} M {m} {c}" for d, m, c, b, _ in table.picks(op))
+             for op in ops if table.picks(op)]
+    if record["device"].get("type") == "cuda" and not record["interpreted"]:
+        out += ["", "auto takes (elsewhere the library path):"] + (takes or ["  no kernel: the "
+                                                                           "library path "
+                                                                           "everywhere"])
     notes = [f"  {k['backend']} {k['op']} {k['dtype']}: {k['status']}: {k['detail']}"
              for k in record["kernels"] if k["status"] not in (_records.PASSED,) and k["detail"]]
     if notes:
