@@ -406,8 +406,11 @@ def _header(device, commit, peaks_by_dtype, quick, args, notes, info):
         lines.append(f"- roofline ceilings ({d}): {pk['bandwidth_gbps']:.4g} GB/s copy, "
                      f"{pk['matmul_tflops']:.4g} TFLOP/s matmul "
                      f"({'cached' if pk['cached'] else 'measured now'})")
-    avail = ", ".join(f"{b}: {'yes' if v['available'] else 'no'}" for b, v in info.items())
+    avail = ", ".join(f"{b}: {'yes' if v['available'] else 'no'}" for b, v in info.items()
+                      if b != "auto")
     lines.append(f"- factorkern backends here: {avail}")
+    if "auto" in info:
+        lines.append(f"- auto here: {info['auto']['reason']}")
     timer = "CUDA graph replays over rotating L2-cold input copies (events)" if \
         device.type == "cuda" and not args.no_graph else \
         "CUDA events around eager launches" if device.type == "cuda" else \
