@@ -39,9 +39,12 @@ def prepared(fmt, key: str) -> tuple:
     if (torch.compiler.is_compiling() or not tensors
             or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
         return tuple(fn(fmt))
+    try:
+        fp = _fingerprint(fmt, key)
+    except Exception:  # tensors without storage (fake tensors of a tracer): build, do not cache
+        return tuple(fn(fmt))
     anchor = tensors[0]
     slot = (id(anchor), key)
-    fp = _fingerprint(fmt, key)
     hit = _PREPARED.get(slot)
     if hit is not None and hit[0]() is anchor and hit[1] == fp:
         return hit[2]
