@@ -13,12 +13,12 @@ from .dispatch import backends
 from .formats import (BlockDiag, LittleBitFactors, MonarchFactors, SignBits, Sparse24,
                       prune_24)
 from .ops import (armor_mm, dense_sparse_mm, littlebit_mm, lowrank_mm, monarch_mm,
-                  sparse_dense_mm)
+                  sparse_dense_mm, sparse_mm)
 
 __version__ = "0.1.0"
 
 __all__ = ["dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
-           "lowrank_mm", "Sparse24", "prune_24", "SignBits", "BlockDiag", "MonarchFactors",
+           "lowrank_mm", "sparse_mm", "Sparse24", "prune_24", "SignBits", "BlockDiag", "MonarchFactors",
            "LittleBitFactors", "backends", "formats", "nn", "factorize"]
 
 

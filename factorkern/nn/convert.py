@@ -12,6 +12,7 @@ from .dense_sparse import DenseSparseLinear, SparseDenseLinear
 from .littlebit import LittleBitLinear
 from .lowrank import LowRankLinear
 from .monarch import MonarchLinear
+from .sparse import Sparse24Linear
 
 FAMILIES = {
     "dense_sparse": DenseSparseLinear,
@@ -20,6 +21,7 @@ FAMILIES = {
     "littlebit": LittleBitLinear,
     "monarch": MonarchLinear,
     "lowrank": LowRankLinear,
+    "sparse24": Sparse24Linear,
 }
 
 
