@@ -68,12 +68,8 @@ class Sparse24Linear(FactorizedLinear):
         cls._check_linear(linear)
         W = linear.weight.detach()
         res = prune_24(W, X)
-        S = res.factors
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                    W.device, W.dtype)
-        with torch.no_grad():
-            layer.s_values.copy_(S.values)
-            layer.s_meta.copy_(S.meta)
-        layer._copy_bias(linear)
+        # Built around the pruned tensors (no random init to overwrite).
+        layer = cls.from_sparse24(res.factors, None if linear.bias is None
+                                  else linear.bias.detach().clone())
         layer.factorization_error = res.error
         return layer
