@@ -40,11 +40,19 @@ class ArmorLinear(FactorizedLinear):
         # An int when A and B share the size (the common case), else the pair (bA, bB).
         self.block = block_a if block_a == block_b else (block_a, block_b)
         dt = dtype or torch.float32
-        self.a_blocks = nn.Parameter(BlockDiag.identity(out_features, block_a, dt, device).blocks)
+        if torch.empty(0, device=device).is_meta:
+            # An empty skeleton (fk.nn.load): shapes only; torch.eye on the meta device goes
+            # through torch's Python decompositions, seconds on first use.
+            a = torch.empty(out_features // block_a, block_a, block_a, device="meta", dtype=dt)
+            b = torch.empty(in_features // block_b, block_b, block_b, device="meta", dtype=dt)
+        else:
+            a = BlockDiag.identity(out_features, block_a, dt, device).blocks
+            b = BlockDiag.identity(in_features, block_b, dt, device).blocks
+        self.a_blocks = nn.Parameter(a)
         v, m = _sparse_init(out_features, in_features, device, dt)
         self.s_values = nn.Parameter(v)
         self.register_buffer("s_meta", m)
-        self.b_blocks = nn.Parameter(BlockDiag.identity(in_features, block_b, dt, device).blocks)
+        self.b_blocks = nn.Parameter(b)
 
     @property
     def A(self) -> BlockDiag:
