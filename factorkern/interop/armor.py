@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..formats import BlockDiag
+from ._common import require
 from ._masks import group_masks_from_bool, pairs_from_group_masks, sparse24_from_group_masks
 
 REPOSITORY = "LawrenceRLiu/ARMOR"
@@ -38,9 +39,7 @@ COMMIT = "3977e5488f897f9cc7b6ef0388a69012e9d84b8f"
 
 
 def _get(sd, key):
-    if key not in sd:
-        raise KeyError(f"ARMOR checkpoint has no {key!r} (keys: {sorted(sd)[:12]}...)")
-    return sd[key]
+    return require(sd, key, "ARMOR")
 
 
 def _norm_scales(sd, prefix: str, norm_order, out_f: int, in_f: int, what: str):

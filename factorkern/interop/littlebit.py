@@ -28,15 +28,14 @@ import torch
 
 from ..formats import LittleBitFactors, SignBits
 from ..formats.littlebit import fold_paper_scales
+from ._common import require
 
 REPOSITORY = "SamsungLabs/LittleBit"
 COMMIT = "7f872f115bd88f89124d7e27f82176e994d4b582"
 
 
 def _get(sd, key):
-    if key not in sd:
-        raise KeyError(f"LittleBit checkpoint has no {key!r}")
-    return sd[key]
+    return require(sd, key, "LittleBit")
 
 
 def _signs(sd, prefix, name):
