@@ -80,11 +80,12 @@ class Block(nn.Module):
     """A transformer block of factorkern layers of mixed families (pre-norm attention and a
     gated MLP), written like a TP-ready model: the head count comes from the local width."""
 
-    def __init__(self, d=64, heads=4, hidden=128, dtype=torch.float64):
+    def __init__(self, d=64, heads=4, hidden=128, dtype=torch.float64, dense_q=False):
         super().__init__()
         self.head_dim = d // heads
         kw = dict(dtype=dtype)
-        self.q = fnn.LowRankLinear(d, d, r=16, **kw)
+        # dense_q: q is a plain nn.Linear, which the styles hand over to torch's.
+        self.q = nn.Linear(d, d, **kw) if dense_q else fnn.LowRankLinear(d, d, r=16, **kw)
         # No key bias: softmax ignores it (its exact gradient is 0, a relative error of noise).
         self.k = fnn.DenseSparseLinear(d, d, k=32, bias=False, **kw)
         self.v = fnn.LittleBitLinear(d, d, r=128, **kw)
@@ -118,9 +119,9 @@ def block_plan(split):
     return plan
 
 
-def build_block(seed):
+def build_block(seed, dense_q=False):
     torch.manual_seed(seed)
-    return randomize(Block(), seed)
+    return randomize(Block(dense_q=dense_q), seed)
 
 
 def block_input(seed=5):
@@ -316,7 +317,7 @@ class Worker:
     def block_case(self, split):
         from torch.distributed.tensor.parallel import parallelize_module
 
-        ref = build_block(11)
+        ref = build_block(11, dense_q=split == "outer")
         model = copy.deepcopy(ref)
         parallelize_module(model, self.mesh, block_plan(split))
         x = block_input()

@@ -264,7 +264,32 @@ def unshard(layer: nn.Module) -> nn.Module:
     return layer.unshard() if isinstance(layer, TensorParallelLayer) else layer
 
 
-class ColwiseParallel(TorchColwiseParallel):
+class _FactorkernStyle:
+    """What both styles add to torch's: the ``split`` argument and factorkern layers."""
+
+    _style: str
+
+    def __init__(self, *, input_layouts=None, output_layouts=None, use_local_output=True,
+                 split="auto"):
+        super().__init__(input_layouts=input_layouts, output_layouts=output_layouts,
+                         use_local_output=use_local_output)
+        self.split = split
+
+    def _apply(self, module, device_mesh):
+        if isinstance(module, FactorizedLinear):
+            return shard_layer(module, device_mesh, self._style, self.split,
+                               self.input_layouts[0], self.output_layouts[0],
+                               self.use_local_output, getattr(self, "src_data_rank", 0))
+        if self.split not in ("auto", "outer"):
+            raise ValueError(f"split={self.split!r} applies to factorkern layers only; "
+                             f"{type(module).__name__} is split by torch's own style")
+        return super()._apply(module, device_mesh)
+
+    def __repr__(self):
+        return super().__repr__()[:-1] + f", split={self.split!r})"
+
+
+class ColwiseParallel(_FactorkernStyle, TorchColwiseParallel):
     """Column-parallel (output features split, input replicated) for factorkern layers, with
     torch's arguments; nn.Linear and nn.Embedding go to torch's ColwiseParallel.
 
@@ -278,27 +303,10 @@ class ColwiseParallel(TorchColwiseParallel):
             communication exactly torch's). See docs/distributed.md for the per-family table.
     """
 
-    def __init__(self, *, input_layouts=None, output_layouts=None, use_local_output=True,
-                 split="auto"):
-        super().__init__(input_layouts=input_layouts, output_layouts=output_layouts,
-                         use_local_output=use_local_output)
-        self.split = split
-
-    def _apply(self, module, device_mesh):
-        if isinstance(module, FactorizedLinear):
-            return shard_layer(module, device_mesh, "colwise", self.split,
-                               self.input_layouts[0], self.output_layouts[0],
-                               self.use_local_output, getattr(self, "src_data_rank", 0))
-        if self.split not in ("auto", "outer"):
-            raise ValueError(f"split={self.split!r} applies to factorkern layers only; "
-                             f"{type(module).__name__} is split by torch's ColwiseParallel")
-        return super()._apply(module, device_mesh)
-
-    def __repr__(self):
-        return super().__repr__()[:-1] + f", split={self.split!r})"
+    _style = "colwise"
 
 
-class RowwiseParallel(TorchRowwiseParallel):
+class RowwiseParallel(_FactorkernStyle, TorchRowwiseParallel):
     """Row-parallel (input features split, partial outputs reduced) for factorkern layers, with
     torch's arguments; nn.Linear and nn.Embedding go to torch's RowwiseParallel.
 
@@ -311,21 +319,4 @@ class RowwiseParallel(TorchRowwiseParallel):
             factor split, the others replicated, communication exactly torch's).
     """
 
-    def __init__(self, *, input_layouts=None, output_layouts=None, use_local_output=True,
-                 split="auto"):
-        super().__init__(input_layouts=input_layouts, output_layouts=output_layouts,
-                         use_local_output=use_local_output)
-        self.split = split
-
-    def _apply(self, module, device_mesh):
-        if isinstance(module, FactorizedLinear):
-            return shard_layer(module, device_mesh, "rowwise", self.split,
-                               self.input_layouts[0], self.output_layouts[0],
-                               self.use_local_output, getattr(self, "src_data_rank", 0))
-        if self.split not in ("auto", "outer"):
-            raise ValueError(f"split={self.split!r} applies to factorkern layers only; "
-                             f"{type(module).__name__} is split by torch's RowwiseParallel")
-        return super()._apply(module, device_mesh)
-
-    def __repr__(self):
-        return super().__repr__()[:-1] + f", split={self.split!r})"
+    _style = "rowwise"
