@@ -267,7 +267,10 @@ class Worker:
 
         from factorkern.distributed import ColwiseParallel, RowwiseParallel, shard_report
 
-        sharded_in = style == "rowwise" and "input_layouts" not in layouts
+        from factorkern.distributed._compat import Replicate, Shard
+
+        sharded_in = isinstance(layouts.get("input_layouts", Replicate() if style == "colwise"
+                                            else Shard(-1)), Shard)
 
         def run(model, style_obj):
             parallelize_module(model, self.mesh, style_obj)
@@ -435,6 +438,14 @@ class Worker:
                 "littlebit", "rowwise", "inner", False, dict(input_layouts=Replicate()),
                 swap=[("bwd", ("all_gather_into_tensor", 6 * IN // W * f),
                        ("all_reduce", 6 * IN * f))]))
+            # Monarch's colwise inner split reads its chunk of the input: an input already
+            # sharded on features is used as it is, where torch's colwise all-gathers it.
+            self.check("comm/monarch/colwise/inner/sharded-in", lambda: self.comm_case(
+                "monarch", "colwise", "inner", True, dict(input_layouts=Shard(-1)),
+                swap=[("fwd", ("all_gather_into_tensor", 6 * IN // W * f),
+                       ("reduce_scatter_tensor", 6 * OUT * f)),
+                      ("bwd", ("reduce_scatter_tensor", 6 * IN * f),
+                       ("all_gather_into_tensor", 6 * OUT // W * f))]))
         if "block" in parts:
             for split in ("auto", "outer"):
                 self.check(f"block/{split}", lambda: self.block_case(split))

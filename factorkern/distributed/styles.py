@@ -112,7 +112,9 @@ class TensorParallelLayer:
         mesh, lay = st.mesh, st.layout
         if not isinstance(x, DTensor):
             x = DTensor.from_local(x, mesh, st.input_layouts, run_check=False)
-        if lay.input == "shard":
+        sharded_in = _norm(x.placements, x.ndim) == (Shard(x.ndim - 1),)
+        if lay.input == "shard" or (lay.input == "slice" and sharded_in):
+            # (A "slice" layer's chunk of a replicated input is exactly this rank's shard.)
             x_loc = _to(x, (Shard(-1),)).to_local()
         else:
             # A replicated input feeds a sharded computation: each rank's gradient is a part of
