@@ -37,7 +37,7 @@ from . import records as _records
 
 BACKENDS = ("torch", "triton", "cuda", "cuda_sm90")    # built in; plugins may add more
 OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
-       "lowrank_mm", "littlebit_mm_popcount")
+       "lowrank_mm", "littlebit_mm_popcount", "sparse_mm")
 ENV_VAR = "FACTORKERN_BACKEND"
 PLUGINS_ENV = "FACTORKERN_PLUGINS"
 
@@ -82,6 +82,7 @@ def _oracle_table():
         "lowrank_mm": lambda x, U, V, bias, extra=(): ref.lowrank_mm(x, U, V, bias),
         "littlebit_mm_popcount": lambda x, uw, vw, h, l, g, bias, extra=():
             quant.littlebit_mm_popcount(x, uw, vw, h, l, g, bias),
+        "sparse_mm": lambda x, v, m, bias, extra=(): ref.sparse_mm(x, v, m, bias),
     }
 
 

@@ -382,3 +382,14 @@ def test_layout_built_once_per_factor_across_layer_calls(monkeypatch):
     gc.collect()
     assert len(layouts._PREPARED) < n     # freed with the factor
 
+
+
+def test_sm90_kernels_are_registered_for_verification_and_refuse_clearly_here():
+    ks = dispatch.kernels("cuda_sm90")
+    assert {op for op, _ in ks} == {"dense_sparse_mm", "sparse_dense_mm", "armor_mm",
+                                    "sparse_mm"}
+    assert all(k.supports is not None for k in ks.values())
+    if not torch.cuda.is_available():
+        S = fk.prune_24(torch.randn(16, 32).half())
+        with pytest.raises(RuntimeError, match="backend 'cuda_sm90' is not available"):
+            fk.sparse_mm(torch.randn(2, 32).half(), S, backend="CUDA_SM90")

@@ -20,6 +20,9 @@ register_kernel("dense_sparse_mm", "cuda_sm90", dense_sparse_mm,
                 supports=lambda x, D, v, m, *_: supports(x, v.shape[0], 2 * v.shape[1]))
 register_kernel("sparse_dense_mm", "cuda_sm90", sparse_dense_mm,
                 supports=lambda x, v, m, D, *_: supports(x, v.shape[0], 2 * v.shape[1]))
+register_kernel("sparse_mm", "cuda_sm90",
+                lambda x, v, m, bias, extra: sparse_mm(x, v, m, 2 * v.shape[1], bias, extra),
+                supports=lambda x, v, m, *_: supports(x, v.shape[0], 2 * v.shape[1]))
 register_kernel("armor_mm", "cuda_sm90", armor_mm, supports=lambda x, a, v, m, b, *_: supports(
     x, v.shape[0], 2 * v.shape[1]) or (None if a.shape[-1] == ARMOR_BLOCK else
                                        f"A blocks must be {ARMOR_BLOCK} x {ARMOR_BLOCK}"))
