@@ -14,13 +14,16 @@ from .formats import (BlockDiag, LittleBitFactors, MonarchFactors, SignBits, Spa
                       prune_24)
 from .ops import (armor_mm, dense_sparse_mm, littlebit_mm, lowrank_mm, monarch_mm,
                   sparse_dense_mm, sparse_mm)
+# The function (``fk.verify()``); the package of the same name runs ``python -m
+# factorkern.verify``. Bound here so the attribute stays the function after the package loads.
+from .verify import verify
 
 __version__ = "0.1.0"
 
 __all__ = ["dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
            "lowrank_mm", "sparse_mm", "Sparse24", "prune_24", "SignBits", "BlockDiag",
-           "MonarchFactors", "LittleBitFactors", "backends", "formats", "nn", "factorize",
-           "interop", "distributed"]
+           "MonarchFactors", "LittleBitFactors", "backends", "verify", "formats", "nn",
+           "factorize", "interop", "distributed"]
 
 
 def __getattr__(name):

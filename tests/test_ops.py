@@ -171,16 +171,18 @@ def test_opcheck(op):
 
 def test_backends_report():
     info = fk.backends()
-    assert set(info) == {"torch", "triton", "cuda"}
-    assert info["torch"]["available"] is True
+    assert set(info) >= {"torch", "triton", "cuda", "cuda_sm90", "auto"}
+    assert info["torch"]["available"] is True and info["auto"]["available"] is True
     for name, v in info.items():
         assert isinstance(v["reason"], str) and v["reason"]
-        if name != "torch":
-            # Every kernel is either proven on a GPU or kept out of auto.
+        if name not in ("torch", "auto"):
+            # Every kernel is either proven by this device's record or kept out of auto.
             assert set(v["ops"].values()) <= {"proven", "unproven"}
+    if not torch.cuda.is_available():
+        assert all("library path" in why for why in info["auto"]["ops"].values())
 
 
-def test_auto_uses_reference_on_cpu(monkeypatch):
+def test_auto_uses_the_library_path_on_cpu(monkeypatch):
     from factorkern import dispatch
 
     case = make_case("lowrank_mm", 8, 12)

@@ -7,7 +7,7 @@ out * in (values) + out * in / 8 (meta) + 2N (in + out).
 
 from __future__ import annotations
 
-from ._common import bias_grad, compute_dtype, decode24, finish, gather24
+from ._common import bias_grad, compute_dtype, decode24, finish, gather24, wanted
 
 
 def sparse_mm(x, s_values, s_meta, bias=None):
@@ -17,12 +17,17 @@ def sparse_mm(x, s_values, s_meta, bias=None):
     return finish(x.to(ct) @ S.T, bias, x.dtype)
 
 
-def sparse_mm_backward(gy, x, s_values, s_meta, bias):
+def sparse_mm_backward(gy, x, s_values, s_meta, bias, *, ct=None, S=None, needs=None):
     """Returns (dx, d_values, dbias): dx = gy @ S; the kept values' gradient is (gy.T @ x) read
-    at the kept positions (the pattern stays fixed)."""
-    ct = compute_dtype(x.dtype)
-    S = decode24(s_values, s_meta, x.shape[1], ct)
-    gy, xc = gy.to(ct), x.to(ct)
-    dx = gy @ S
-    dvals = gather24(gy.T @ xc, s_meta)
-    return dx.to(x.dtype), dvals.to(s_values.dtype), bias_grad(gy, bias)
+    at the kept positions (the pattern stays fixed). Keyword-only options (``ct``, ``S``,
+    ``needs`` = (x, values, bias)) as in ``factorkern.reference.dense_sparse``."""
+    ct = ct or compute_dtype(x.dtype)
+    nx, nv, nb = wanted(needs, 3)
+    gy = gy.to(ct)
+    dx = dvals = None
+    if nx:
+        S = decode24(s_values, s_meta, x.shape[1], ct) if S is None else S
+        dx = (gy @ S).to(x.dtype)
+    if nv:
+        dvals = gather24(gy.T @ x.to(ct), s_meta).to(s_values.dtype)
+    return dx, dvals, bias_grad(gy, bias) if nb else None
