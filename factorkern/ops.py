@@ -28,8 +28,9 @@ def _call(op: str, x: Tensor, out_features: int, backend: str, fmt_for_layout, *
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     name = _dispatch.resolve(op, backend, x2, *args[:-1])
-    extra = list(fmt_for_layout.prepare(name)) if (fmt_for_layout is not None
-                                                   and name != "torch") else []
+    # prepare() also re-validates the format's index/bit tensors if they changed in place, on
+    # every backend (a storage/version lookup when they did not).
+    extra = list(fmt_for_layout.prepare(name)) if fmt_for_layout is not None else []
     y = getattr(torch.ops.factorkern, op)(x2, *args, name, extra)
     return y.reshape(*lead, out_features)
 
