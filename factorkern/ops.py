@@ -4,7 +4,7 @@ autograd. No math here: validate (errors name the argument), dispatch, call.
 Every public op computes ``y = x @ W.T (+ bias)`` like ``F.linear``: x is (..., in), y is
 (..., out) in x's dtype, W (out, in) is never built. The custom op receives x flattened to
 (N, in); the backward runs the reference formulas (torch ops, so on a GPU they are cuBLAS calls)
-whatever backend ran the forward.
+whatever backend ran the forward. Users' reference: docs/ops.md.
 """
 
 from __future__ import annotations

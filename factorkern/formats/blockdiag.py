@@ -2,7 +2,7 @@
 
 Block i maps input features [i * in_b, (i + 1) * in_b) to output features
 [i * out_b, (i + 1) * out_b) nn.Linear-style: ``y_i = x_i @ blocks[i].T``. The full matrix is
-(nblocks * out_b, nblocks * in_b) = ``torch.block_diag(*blocks)``.
+(nblocks * out_b, nblocks * in_b) = ``torch.block_diag(*blocks)``. See docs/formats.md.
 """
 
 from __future__ import annotations

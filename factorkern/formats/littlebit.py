@@ -7,7 +7,7 @@ and one residual term of the same form.
 
 The paper's code computes ``((((x*v2) @ sign(V).T) * (v1*u2)) @ sign(U).T) * u1``: h = u1,
 g = v2, l = u2 * v1 (``fold_paper_scales``). Its packer stores bit 1 = -1: convert its words with
-``SignBits.from_inverted``.
+``SignBits.from_inverted``. Specified bit for bit in docs/formats.md.
 """
 
 from __future__ import annotations

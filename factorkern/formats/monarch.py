@@ -12,7 +12,7 @@ out_ext = l * s. y = x @ W.T is (fly's ``blockdiag_butterfly_multiply``, version
 
 ``in_features``/``out_features`` smaller than k * p / l * s mean fly's StructuredLinear padding
 (x zero-padded, output truncated). fly's MonarchLinear(nblocks) checkpoints (blkdiag1 = w1,
-blkdiag2 = w2) load unchanged.
+blkdiag2 = w2) load unchanged. Specified in docs/formats.md.
 """
 
 from __future__ import annotations
