@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 BACKENDS = ("torch", "triton", "cuda")
 OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
-       "lowrank_mm", "littlebit_mm_popcount")
+       "lowrank_mm", "littlebit_mm_popcount", "sparse_mm")
 ENV_VAR = "FACTORKERN_BACKEND"
 
 _MODULES = {"triton": "factorkern.triton_kernels", "cuda": "factorkern.cuda"}
@@ -179,6 +179,7 @@ def _reference_table():
             x, uw, vw, h, l, g, bias),
         "monarch_mm": lambda x, w1, w2, out_f, bias, extra: ref.monarch_mm(x, w1, w2, out_f, bias),
         "lowrank_mm": lambda x, U, V, bias, extra: ref.lowrank_mm(x, U, V, bias),
+        "sparse_mm": lambda x, v, m, bias, extra: ref.sparse_mm(x, v, m, bias),
         # Opt-in quantized-activation LittleBit (littlebit_mm(..., quantize_activations=True)).
         "littlebit_mm_popcount": lambda x, uw, vw, h, l, g, bias, extra:
             _littlebit_quant().littlebit_mm_popcount(x, uw, vw, h, l, g, bias),

@@ -20,7 +20,7 @@ from ._checks import check_bias, check_device, check_format, check_in, check_lik
 from .formats import BlockDiag, LittleBitFactors, MonarchFactors, Sparse24
 
 __all__ = ["dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
-           "lowrank_mm"]
+           "lowrank_mm", "sparse_mm"]
 
 
 def _call(op: str, x: Tensor, out_features: int, backend: str, fmt_for_layout, *args):
@@ -401,3 +401,56 @@ def lowrank_mm(x: Tensor, U: Tensor, V: Tensor, bias: Optional[Tensor] = None,
     check_like(op, "V", V, x)
     check_bias(op, bias, x, U.shape[0])
     return _call(op, x, U.shape[0], backend, None, U, V, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse_mm: W = S (plain 2:4)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("factorkern::sparse_mm", mutates_args=())
+def _sparse_mm(x: Tensor, s_values: Tensor, s_meta: Tensor, bias: Optional[Tensor], backend: str,
+               extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("sparse_mm", backend)(x, s_values, s_meta, bias, extra)
+
+
+@_sparse_mm.register_fake
+def _(x, s_values, s_meta, bias, backend, extra):
+    return x.new_empty(x.shape[0], s_values.shape[0])
+
+
+def _sp_setup(ctx, inputs, output):
+    ctx.n_extra = len(inputs[-1])
+    x, v, m, bias, _, _ = inputs
+    ctx.save_for_backward(x, v, m, bias)
+
+
+def _sp_backward(ctx, gy):
+    x, v, m, bias = ctx.saved_tensors
+    dx, dv, db = _ref.sparse_mm_backward(gy, x, v, m, bias)
+    return dx, dv, None, db, None, _none_list(ctx)
+
+
+_sparse_mm.register_autograd(_sp_backward, setup_context=_sp_setup)
+
+
+def sparse_mm(x: Tensor, S: Sparse24, bias: Optional[Tensor] = None,
+              backend: str = "auto") -> Tensor:
+    """y = x @ S.T + bias with W = S a plain 2:4 matrix (the baseline of every 2:4 method).
+
+    Args:
+        x: (..., in).
+        S: Sparse24 of shape (out, in), 2:4 along in; values in x's dtype.
+        bias: optional (out,).
+        backend: "auto" | "torch" | "triton" | "cuda" (see ``factorkern.backends()``).
+    Returns:
+        (..., out) in x's dtype. Gradients flow to x, the kept values S.values (the pattern
+        S.meta stays fixed) and bias.
+    """
+    op = "sparse_mm"
+    check_x(op, x)
+    check_format(op, "S", S, Sparse24)
+    out_f, n_in = S.shape
+    check_in(op, x, n_in, f"S of shape {S.shape}")
+    check_like(op, "S.values", S.values, x)
+    check_device(op, "S.meta", S.meta, x)
+    check_bias(op, bias, x, out_f)
+    return _call(op, x, out_f, backend, S, S.values, S.meta, bias)

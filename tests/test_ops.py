@@ -101,6 +101,9 @@ def _grad_setup(op, out_f, in_f):
     if op == "lowrank_mm":
         U, V = f
         return [U, V], lambda x, U, V, b: fk.lowrank_mm(x, U, V, b)
+    if op == "sparse_mm":
+        (S,) = f
+        return [S.values], lambda x, v, b: fk.sparse_mm(x, S.with_values(v), b)
     raise ValueError(op)
 
 
@@ -154,6 +157,9 @@ def _raw_args(op, out_f, in_f, dtype=torch.float64):
     if op == "lowrank_mm":
         U, V = f
         return (x, U.requires_grad_(), V.requires_grad_(), b, "torch", [])
+    if op == "sparse_mm":
+        (S,) = f
+        return (x, S.values.requires_grad_(), S.meta, b, "torch", [])
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from hypothesis_profiles import examples
 import factorkern as fk
 from factorkern.formats import BlockDiag, LittleBitFactors, MonarchFactors, SignBits, Sparse24
-from factorkern.nn import ArmorLinear, DenseSparseLinear, LittleBitLinear, SparseDenseLinear
+from factorkern.nn import (ArmorLinear, DenseSparseLinear, LittleBitLinear, Sparse24Linear,
+                           SparseDenseLinear)
 
 from families import make_case, rel_err
 from test_properties import PAIRS, VARIANTS, assert_close, op_cases, oracle, run
@@ -147,6 +148,7 @@ LAYERS = {
     "sparse_dense": lambda i, o, s: SparseDenseLinear(i, o, k=4 * s),
     "armor": lambda i, o, s: ArmorLinear(4 * i, 4 * o, block=4),
     "littlebit": lambda i, o, s: LittleBitLinear(i, o, r=s),
+    "sparse24": lambda i, o, s: Sparse24Linear(4 * i, o),
 }
 
 
@@ -241,6 +243,7 @@ def test_inplace_corruption_raises_or_follows_the_oracle(op, backend, data):
 
 
 _LAYER_BITS = {"dense_sparse": ["s_meta"], "sparse_dense": ["s_meta"], "armor": ["s_meta"],
+               "sparse24": ["s_meta"],
                "littlebit": ["u_words0", "v_words0", "u_words1", "v_words1"]}
 
 

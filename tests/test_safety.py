@@ -13,7 +13,7 @@ import factorkern as fk
 from factorkern.formats import BlockDiag, LittleBitFactors, MonarchFactors, SignBits, Sparse24
 from factorkern.formats.sparse24 import meta_is_valid, meta_nibbles
 from factorkern.nn import (ArmorLinear, DenseSparseLinear, LittleBitLinear, LowRankLinear,
-                           MonarchLinear, SparseDenseLinear)
+                           MonarchLinear, Sparse24Linear, SparseDenseLinear)
 from factorkern.reference import littlebit_quant
 
 from families import make_case, rel_err
@@ -22,6 +22,7 @@ SPARSE_LAYERS = {
     "dense_sparse": lambda: DenseSparseLinear(40, 24, k=16),
     "sparse_dense": lambda: SparseDenseLinear(40, 24, k=20),
     "armor": lambda: ArmorLinear(40, 24, block=8),
+    "sparse24": lambda: Sparse24Linear(40, 24),
 }
 
 
@@ -113,8 +114,14 @@ def _backends():
     return out
 
 
-@pytest.mark.parametrize("backend", _backends())
-@pytest.mark.parametrize("fam", SPARSE_LAYERS)
+_OPS = {"dense_sparse": "dense_sparse_mm", "sparse_dense": "sparse_dense_mm",
+        "armor": "armor_mm", "sparse24": "sparse_mm"}
+_LAYER_BACKENDS = [(fam, b) for fam in SPARSE_LAYERS for b in _backends()
+                   if _OPS[fam] in fk.backends()[b]["ops"]]
+
+
+@pytest.mark.parametrize("fam,backend", _LAYER_BACKENDS, ids=[f"{f}-{b}" for f, b in
+                                                              _LAYER_BACKENDS])
 def test_inplace_meta_corruption_is_caught_at_the_next_call(fam, backend):
     torch.manual_seed(0)
     layer = SPARSE_LAYERS[fam]()

@@ -21,7 +21,23 @@ _FIELDS = ("u_words", "v_words", "h", "l", "g")
 
 
 def fold_paper_scales(u1, u2, v1, v2):
-    """The paper's (u1, u2, v1, v2) scales -> our (h, l, g)."""
+    """The paper's (u1, u2, v1, v2) scales -> our (h, l, g) = (u1, u2 * v1, v2), each 1-D.
+
+    The paper's checkpoints keep them as rows: u1 (1, out), u2 and v1 (1, r), v2 (1, in); rows
+    and 1-D vectors are both taken (any other shape raises ValueError naming it)."""
+    flat = []
+    for name, t in (("u1", u1), ("u2", u2), ("v1", v1), ("v2", v2)):
+        check_float(name, t)
+        if t.dim() == 2 and t.shape[0] == 1:
+            t = t.reshape(-1)
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be a vector (n,) or a row (1, n), got shape "
+                             f"{tuple(t.shape)}")
+        flat.append(t)
+    u1, u2, v1, v2 = flat
+    if u2.shape != v1.shape:
+        raise ValueError(f"u2 and v1 must both have r entries, got {tuple(u2.shape)} and "
+                         f"{tuple(v1.shape)}")
     return u1, u2 * v1, v2
 
 
@@ -120,6 +136,15 @@ class LittleBitFactors(FormatBase):
         return F
 
     # constructors --------------------------------------------------------------------------
+    @classmethod
+    def from_official(cls, state_dict: dict, prefix: str = "", dtype=None) -> "LittleBitFactors":
+        """Factors of one layer of a checkpoint saved by LittleBit's own code
+        (SamsungLabs/LittleBit): its packed signs (bit 1 = -1), its (1, n) scale rows and its
+        residual path; see ``factorkern.interop.littlebit``."""
+        from ..interop.littlebit import littlebit_factors_from_official
+
+        return littlebit_factors_from_official(state_dict, prefix, dtype)
+
     @classmethod
     def from_real(cls, terms) -> "LittleBitFactors":
         """terms: list of (U (out, r), V (in, r), h (out,), l (r,), g (in,)) with real U, V

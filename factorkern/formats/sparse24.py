@@ -277,14 +277,19 @@ class Sparse24(FormatBase):
         return Sparse24(values, self.meta, self.cols, check=False)
 
     # -- torch's semi-structured tensor ---------------------------------------------------
-    def to_torch_semi_structured(self):
-        """Convert to ``torch.sparse.SparseSemiStructuredTensor`` (CUDA fp16/bf16 only, shape
-        limits of torch apply: rows a multiple of 32 and cols of 64 for CUTLASS)."""
-        from torch.sparse import to_sparse_semi_structured
+    def to_torch_semi_structured(self, backend: str | None = None, dtype=None):
+        """Convert to ``torch.sparse.SparseSemiStructuredTensor`` (see
+        ``factorkern.interop.torch_sparse.to_torch_semi_structured``: CUTLASS without a dense
+        round trip, cuSPARSELt through the dense matrix on a GPU; float32 refused unless
+        ``dtype`` casts it)."""
+        from ..interop.torch_sparse import to_torch_semi_structured
 
-        return to_sparse_semi_structured(self.to_dense())
+        return to_torch_semi_structured(self, backend, dtype)
 
     @classmethod
     def from_torch_semi_structured(cls, t) -> "Sparse24":
-        """Convert from a ``torch.sparse.SparseSemiStructuredTensor``."""
-        return cls.from_dense(t.to_dense())
+        """Convert from a ``torch.sparse.SparseSemiStructuredTensor`` (see
+        ``factorkern.interop.torch_sparse.from_torch_semi_structured``)."""
+        from ..interop.torch_sparse import from_torch_semi_structured
+
+        return from_torch_semi_structured(t)

@@ -146,6 +146,10 @@ class FactorizedLinear(nn.Module):
 
     @staticmethod
     def _kaiming(shape, fan_in, device, dtype):
+        if torch.empty(0, device=device).is_meta:
+            # An empty skeleton (fk.nn.load): shapes only. Random ops on the meta device go
+            # through torch's Python decompositions, seconds on their first use.
+            return torch.empty(shape, device="meta", dtype=dtype)
         bound = 1.0 / math.sqrt(max(1, fan_in))
         return (torch.rand(shape, device=device, dtype=torch.float32) * 2 - 1).mul_(bound).to(
             dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -11,10 +12,13 @@ import torch
 from torch import nn
 
 from .armor import ArmorLinear
+from .calibration import CALIBRATED, Progress, collect
 from .dense_sparse import DenseSparseLinear, SparseDenseLinear
+from .io import _json_safe
 from .littlebit import LittleBitLinear
 from .lowrank import LowRankLinear
 from .monarch import MonarchLinear
+from .sparse import Sparse24Linear
 
 FAMILIES = {
     "dense_sparse": DenseSparseLinear,
@@ -23,6 +27,7 @@ FAMILIES = {
     "littlebit": LittleBitLinear,
     "monarch": MonarchLinear,
     "lowrank": LowRankLinear,
+    "sparse24": Sparse24Linear,
 }
 
 
@@ -124,7 +129,8 @@ def _check_arguments(name: str, pattern: str, fam: str, how: dict) -> None:
 
 
 def convert(model: nn.Module, spec: dict, *, verbose: bool = True,
-            strict: bool = False) -> ConvertReport:
+            strict: bool = False, calibration=None, progress: bool | None = None
+            ) -> ConvertReport:
     """Replace, in place, each ``nn.Linear`` of ``model`` whose qualified name matches a pattern
     of ``spec`` by the factorkern layer of that family, factorized from its weight with
     ``Layer.from_linear(linear, **how)``.
@@ -134,21 +140,30 @@ def convert(model: nn.Module, spec: dict, *, verbose: bool = True,
         spec: {pattern: entry} with fnmatch patterns on module names (``"encoder.*.attn.*"``,
             ``"*"``); the first matching pattern wins. An entry is a family name, a
             (family, kwargs) pair or a dict with a "family" key; families: dense_sparse,
-            sparse_dense, armor, littlebit, monarch, lowrank; kwargs are the family's
+            sparse_dense, armor, littlebit, monarch, lowrank, sparse24; kwargs are the family's
             ``from_linear`` arguments (k, r, nblocks, block, iters, residual, ...). ``None``
             leaves matching layers dense.
         verbose: print the summary table.
         strict: raise when a matching layer cannot be converted (e.g. a block size that does not
             tile it) instead of leaving it dense and listing it as skipped, and when a pattern
-            converts no layer (without strict: a warning).
+            applies to no layer (without strict: a warning).
+        calibration: optional iterable of model inputs (tensors, tuples of positional
+            arguments or dicts of keyword arguments). The model runs on them once, before any
+            layer changes, with forward hooks that keep each matching layer's input statistics
+            in bounded memory (``factorkern.nn.calibration``: column norms for sparse24, at most
+            in x in numbers for armor, dense_sparse, sparse_dense), which then weigh those
+            families' factorizers (Wanda scores, ARMOR's weighted fit, output errors). An ``X``
+            given in a spec entry wins over it.
+        progress: a progress bar over the layers on stderr (default: when ``verbose`` and
+            stderr is a terminal).
+    Returns:
+        ConvertReport (layers converted, parameters and bytes before and after, bits per
+        weight, relative reconstruction errors).
     Raises:
         TypeError naming the layer, the family and the accepted arguments when an entry has a
         keyword its family's ``from_linear`` does not take (checked before any layer changes).
     Warns:
         when a converted layer stores more bits per weight than its dense weight.
-    Returns:
-        ConvertReport (layers converted, parameters and bytes before and after, bits per
-        weight, relative reconstruction errors).
     """
     if not isinstance(spec, dict):
         raise TypeError(f"spec must be a dict {{pattern: family spec}}, got {type(spec).__name__}")
@@ -188,15 +203,33 @@ def convert(model: nn.Module, spec: dict, *, verbose: bool = True,
             raise ValueError(f"convert: spec patterns that apply to no layer: {why}. nn.Linear "
                              f"layers of the model: {_names(targets)}")
         warnings.warn(f"convert: spec patterns that apply to no layer: {why}", stacklevel=2)
-
+    if progress is None:
+        progress = verbose and sys.stderr.isatty()
+    bar = Progress(len(plan), progress)
+    stats = {}
+    if calibration is not None:
+        hooked = {name: (linear, CALIBRATED[fam]) for name, linear, fam, how in plan
+                  if fam in CALIBRATED and "X" not in how}
+        if hooked:
+            stats = collect(model, hooked, calibration, log=bar.show)
     for name, linear, fam, how in plan:
+        bar.show(f"{name} ({fam})")
+        st = stats.pop(name, None)
+        X = None if st is None else st.X()
+        if X is not None:
+            how = dict(how, X=X)
         try:
             layer = FAMILIES[fam].from_linear(linear, **how)
         except ValueError as e:  # a size this layer cannot take; bugs (TypeError...) propagate
             if strict:
+                bar.close()
                 raise ValueError(f"convert: layer {name!r} ({fam}): {e}") from e
             report.skipped.append(f"{name} ({e})")
+            bar.step(f"{name} ({fam}): skipped")
             continue
+        # How the layer was made, kept with it (fk.nn.save writes it into the file's header).
+        layer.conversion = {"family": fam, "calibrated": X is not None,
+                            "args": _json_safe({k: v for k, v in how.items() if k != "X"})}
         before = [linear.weight]
         after = layer.factor_tensors()
         row = ConvertedLayer(
@@ -209,7 +242,8 @@ def convert(model: nn.Module, spec: dict, *, verbose: bool = True,
         report.layers.append(row)
         dense_bits = torch.finfo(linear.weight.dtype).bits
         if row.bits_per_weight > dense_bits:
-            warnings.warn(f"convert: layer {name!r} ({fam}, {how}) is larger than the dense "
+            shown = {k: v for k, v in how.items() if k != "X"}
+            warnings.warn(f"convert: layer {name!r} ({fam}, {shown}) is larger than the dense "
                           f"layer: {row.bits_per_weight:.2f} bits/weight against "
                           f"{dense_bits} for its dense {linear.weight.dtype} weight "
                           f"({row.bytes_after:,} bytes instead of {row.bytes_before:,})",
@@ -217,6 +251,9 @@ def convert(model: nn.Module, spec: dict, *, verbose: bool = True,
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, layer)
+        bar.step(f"{name} ({fam})")
+    bar.close()
+    model.factorkern_spec = _json_safe({p: e for p, e in spec.items()})
     if verbose:
         print(report)
     return report

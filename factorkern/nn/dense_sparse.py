@@ -12,6 +12,11 @@ from ._base import FactorizedLinear
 
 
 def _sparse_init(rows, cols, device, dtype):
+    """Kept values (rows, cols/2) and int16 meta of a random 2:4 matrix. On the meta device
+    (an empty skeleton to load factors into) only the shapes are made: no pruning runs."""
+    if torch.empty(0, device=device).is_meta:
+        return (torch.empty(rows, cols // 2, device="meta", dtype=dtype),
+                torch.empty(rows, -(-cols // 16), device="meta", dtype=torch.int16))
     W = FactorizedLinear._kaiming((rows, cols), cols // 2, device, torch.float32)
     S = prune_24(W)
     return S.values.to(dtype), S.meta

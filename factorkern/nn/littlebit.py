@@ -56,13 +56,23 @@ class LittleBitLinear(FactorizedLinear):
         self.nterms = 2 if residual else 1
         self.latent = bool(latent)
         dt = dtype or torch.float32
+        # An empty skeleton (fk.nn.load) makes shapes only: ops on the meta device go through
+        # torch's Python decompositions, seconds on their first use.
+        meta = torch.empty(0, device=device).is_meta
         names = []
         for t in range(self.nterms):
-            # Latent values start at magnitude ~1/alpha, where SmoothSign's gradient is alive.
-            U = torch.randn(out_features, r, device=device) / SMOOTHSIGN_ALPHA
-            V = torch.randn(in_features, r, device=device) / SMOOTHSIGN_ALPHA
-            self.register_buffer(f"u_words{t}", pack_signs(U))
-            self.register_buffer(f"v_words{t}", pack_signs(V.T))
+            if meta:
+                U = torch.empty(out_features, r, device="meta")
+                V = torch.empty(in_features, r, device="meta")
+                uw = torch.empty(out_features, -(-r // 32), device="meta", dtype=torch.int32)
+                vw = torch.empty(r, -(-in_features // 32), device="meta", dtype=torch.int32)
+            else:
+                # Latent values start at magnitude ~1/alpha, where SmoothSign's gradient is alive.
+                U = torch.randn(out_features, r, device=device) / SMOOTHSIGN_ALPHA
+                V = torch.randn(in_features, r, device=device) / SMOOTHSIGN_ALPHA
+                uw, vw = pack_signs(U), pack_signs(V.T)
+            self.register_buffer(f"u_words{t}", uw)
+            self.register_buffer(f"v_words{t}", vw)
             scale = (1.0 / (in_features * r)) ** 0.5
             setattr(self, f"h{t}", nn.Parameter(torch.full((out_features,), scale, device=device,
                                                            dtype=dt)))
