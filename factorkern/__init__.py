@@ -5,7 +5,7 @@
     import factorkern as fk
     y = fk.dense_sparse_mm(x, D, fk.Sparse24.from_dense(S))
 
-See README.md and DESIGN.md for the families, the factor formats and the backends.
+See README.md and docs/ (docs/index.md) for the families, the factor formats and the backends.
 """
 
 from . import formats

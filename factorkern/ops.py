@@ -5,7 +5,7 @@ Every public op computes ``y = x @ W.T (+ bias)`` like ``F.linear``: x is (..., 
 (..., out) in x's dtype, W (out, in) is never built. The custom op receives x flattened to
 (N, in), the backend string ``dispatch.resolve`` chose (for the library path, the layout key of
 ``factorkern.library``) and that backend's prepared layout; the backward runs on the library
-path (``factorkern.library``) whatever backend ran the forward.
+path (``factorkern.library``) whatever backend ran the forward. Users' reference: docs/ops.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,13 @@ def _call(op: str, x: Tensor, out_features: int, backend: str, fmt_for_layout, *
     name = _dispatch.resolve(op, backend, x2, *args[:-1])
     if _library.is_library(name):
         name = _library.layout_key(op, fmt_for_layout)
-    extra = list(_layouts.prepared(fmt_for_layout, name)) if fmt_for_layout is not None else []
+    extra = []
+    if fmt_for_layout is not None:
+        if not torch.compiler.is_compiling():
+            # Re-validate the format's index/bit tensors if they changed in place, on every
+            # backend (a storage/version lookup when they did not).
+            fmt_for_layout.check_unchanged()
+        extra = list(_layouts.prepared(fmt_for_layout, name))
     y = getattr(torch.ops.factorkern, op)(x2, *args, name, extra)
     return y.reshape(*lead, out_features)
 

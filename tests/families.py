@@ -1,6 +1,6 @@
 """Test data shared by every family: how to build random factors of each op for a given
 (out, in), the dense W they represent, and how to call the op. Used by the op, layer and kernel
-tests alike (tests as data, STYLE.md rule 6)."""
+tests alike (tests as data)."""
 
 from __future__ import annotations
 

@@ -54,17 +54,22 @@ class ArmorLinear(FactorizedLinear):
         self.register_buffer("s_meta", m)
         self.b_blocks = nn.Parameter(b)
 
+    def _formats(self, get):
+        return {"A": BlockDiag(get("a_blocks"), check=False),
+                "S": Sparse24(get("s_values"), get("s_meta"), self.in_features, check=False),
+                "B": BlockDiag(get("b_blocks"), check=False)}
+
     @property
     def A(self) -> BlockDiag:
-        return BlockDiag(self.a_blocks, check=False)
+        return self._format("A")
 
     @property
     def B(self) -> BlockDiag:
-        return BlockDiag(self.b_blocks, check=False)
+        return self._format("B")
 
     @property
     def S(self) -> Sparse24:
-        return Sparse24(self.s_values, self.s_meta, self.in_features, check=False)
+        return self._format("S")
 
     def forward(self, x):
         return ops.armor_mm(x, self.A, self.S, self.B, self.bias, self.backend)

@@ -42,8 +42,9 @@ class LittleBitLinear(FactorizedLinear):
     signs (SignBits); parameters ``h{t}`` (out,), ``l{t}`` (r,), ``g{t}`` (in,) the scales.
     With ``latent=True`` the layer also keeps real latent factors ``U{t}`` (out, r) and
     ``V{t}`` (in, r): in training mode the forward runs the torch composite with the SmoothSign
-    straight-through estimator so U, V train; switching to eval (``.eval()``/``.train(False)``)
-    or calling ``pack()`` re-packs their signs into the words the kernels read.
+    straight-through estimator so U, V train; switching to eval (``.eval()``/``.train(False)``),
+    calling ``pack()`` or taking a ``state_dict()`` re-packs their signs into the words the
+    kernels read, so a checkpoint always holds the current signs.
     """
 
     def __init__(self, in_features, out_features, r, residual=True, latent=False, bias=True,
@@ -84,13 +85,15 @@ class LittleBitLinear(FactorizedLinear):
         # Storage counts only what inference keeps (the latent factors are training state).
         self._factor_names = tuple(names)
 
+    def _formats(self, get):
+        terms = [(SignBits(get(f"u_words{t}"), self.r, check=False),
+                  SignBits(get(f"v_words{t}"), self.in_features, check=False),
+                  get(f"h{t}"), get(f"l{t}"), get(f"g{t}")) for t in range(self.nterms)]
+        return {"F": LittleBitFactors(terms, check=False)}
+
     @property
     def F(self) -> LittleBitFactors:
-        terms = [(SignBits(getattr(self, f"u_words{t}"), self.r, check=False),
-                  SignBits(getattr(self, f"v_words{t}"), self.in_features, check=False),
-                  getattr(self, f"h{t}"), getattr(self, f"l{t}"), getattr(self, f"g{t}"))
-                 for t in range(self.nterms)]
-        return LittleBitFactors(terms, check=False)
+        return self._format("F")
 
     @torch.no_grad()
     def pack(self) -> None:
@@ -105,6 +108,13 @@ class LittleBitLinear(FactorizedLinear):
         if not mode:
             self.pack()
         return super().train(mode)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # The words must hold the latent factors' current signs in every mode: in training
+        # they are otherwise refreshed only by .eval()/pack(), and a checkpoint taken mid-training
+        # would silently keep the signs of the last pack.
+        self.pack()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def forward(self, x):
         if self.latent and self.training:
@@ -122,6 +132,7 @@ class LittleBitLinear(FactorizedLinear):
         return y if self.bias is None else y + self.bias
 
     def to_dense(self) -> torch.Tensor:
+        self.pack()  # the current signs, also in training mode
         return self.F.to_dense()
 
     def _family_repr(self):

@@ -29,9 +29,12 @@ class Sparse24Linear(FactorizedLinear):
         self.s_values = nn.Parameter(v)
         self.register_buffer("s_meta", m)
 
+    def _formats(self, get):
+        return {"S": Sparse24(get("s_values"), get("s_meta"), self.in_features, check=False)}
+
     @property
     def S(self) -> Sparse24:
-        return Sparse24(self.s_values, self.s_meta, self.in_features, check=False)
+        return self._format("S")
 
     def forward(self, x):
         return ops.sparse_mm(x, self.S, self.bias, self.backend)
