@@ -28,7 +28,7 @@ from factorkern.library.monarch import monarch_bmm  # fly's algorithm, also the 
 NAMES = ("dense", "composite", "torch-2:4", "fly-bmm")
 ALIASES = {"torch24": "torch-2:4", "2:4": "torch-2:4", "semi": "torch-2:4", "fly": "fly-bmm",
            "bmm": "fly-bmm", "cublas": "dense", "linear": "dense"}
-_SPARSE_OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm")
+_SPARSE_OPS = ("sparse_mm", "dense_sparse_mm", "sparse_dense_mm", "armor_mm")
 
 
 def applies(name: str, op: str, device, dtype) -> str | None:
@@ -87,6 +87,10 @@ def build(name: str, case, factors: dict, dtype, device, gen):
                 S = to_sparse_semi_structured(dense_s)
             else:
                 S = dense_s
+            if op == "sparse_mm":
+                if name == "torch-2:4":  # the semi-structured matmul wants a contiguous operand
+                    return lambda x: F.linear(x.contiguous(), S)
+                return lambda x: F.linear(x, S)
             if op == "dense_sparse_mm":
                 D = factors["D"]
                 return lambda x: F.linear(F.linear(x, S), D)

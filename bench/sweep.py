@@ -66,7 +66,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.sweep", description=(
         "Benchmark factorkern's ops against dense F.linear and the torch baselines."))
     p.add_argument("--ops", type=_csv, default=None,
-                   help="comma list of ops (default all): dense_sparse_mm, sparse_dense_mm, "
+                   help="comma list of ops (default all): sparse_mm, dense_sparse_mm, sparse_dense_mm, "
                         "armor_mm, littlebit_mm, monarch_mm, lowrank_mm (the _mm may be left out)")
     p.add_argument("--backends", type=_csv, default=None,
                    help="comma list among torch, triton, cuda, cuda_sm90 (factorkern) and dense, "
