@@ -268,8 +268,10 @@ def test_sm90_glue_passes_null_pointers_as_integers(sm90_on_cpu):
     assert launch["grid"] == (2, 1, 1)  # ceil(200 / 128) row tiles x ceil(5 / 128) token tiles
 
 
-@pytest.mark.parametrize("case", ["x fp32", "values", "armor", "bias", "out"])
-def test_sm90_glue_checks_dtypes(sm90_on_cpu, case):
+@pytest.mark.parametrize("case, names", [("x fp32", "x is torch.float32"),
+                                         ("values", "S values"), ("armor", "ARMOR A blocks"),
+                                         ("bias", "bias is"), ("out", "out is")])
+def test_sm90_glue_checks_dtypes(sm90_on_cpu, case, names):
     S = _sparse(128, 64, torch.bfloat16)
     x = torch.randn(3, 64, dtype=torch.bfloat16)
     kw = {}
@@ -283,7 +285,7 @@ def test_sm90_glue_checks_dtypes(sm90_on_cpu, case):
         kw["bias"] = torch.randn(128, dtype=torch.float16)
     else:
         kw["out"] = torch.empty(3, 128, dtype=torch.float16)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=names):  # the argument named, before any launch
         sm90.sparse_mm(x, S.values, S.meta, 64, **kw)
     assert not _events("launch")
 
