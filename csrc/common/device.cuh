@@ -62,20 +62,17 @@ __device__ __forceinline__ uint4 ld_input16(const void* p) {
 }
 // volatile: the compiler must not move it above the grid barrier that orders it after the
 // writes (ptxas keeps loads after barriers on its own).
-__device__ __forceinline__ float4 ld_work16(const float* p) {
-  float4 v;
-  asm volatile("ld.global.v4.f32 {%0, %1, %2, %3}, [%4];"
-               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "l"(p));
-  return v;
-}
-
 __device__ __forceinline__ uint4 ld_work16u(const uint32_t* p) {
   uint4 v;
   asm volatile("ld.global.v4.u32 {%0, %1, %2, %3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
   return v;
+}
+__device__ __forceinline__ float4 ld_work16(const float* p) {
+  const uint4 v = ld_work16u(reinterpret_cast<const uint32_t*>(p));
+  return make_float4(__uint_as_float(v.x), __uint_as_float(v.y), __uint_as_float(v.z),
+                     __uint_as_float(v.w));
 }
 
 // Per-row scales (bias, LittleBit's h and l): one 2-byte element each, read-only, kept in L1

@@ -95,37 +95,28 @@ __device__ void sparse24_rows(const T* __restrict__ values, const int16_t* __res
 #pragma unroll
             for (int r = 0; r < kRows; ++r)
               unpack4<T>(h ? vw[r][s].z : vw[r][s].x, h ? vw[r][s].w : vw[r][s].y, v[r]);
+            float w[kRows][8];  // NT >= 4: the dense weights of the 2 groups
             if constexpr (Tile::kExpand) {
-              float w[kRows][8];
 #pragma unroll
               for (int r = 0; r < kRows; ++r)
 #pragma unroll
                 for (int g = 0; g < 2; ++g)
                   expand_group(v[r][2 * g], v[r][2 * g + 1],
                                (word[r] >> (8 * h + 4 * g)) & 0xfu, &w[r][4 * g]);
+            }
 #pragma unroll
-              for (int tb = 0; tb < NT; tb += kTB) {
-                if (tb >= n) break;  // warp-uniform
+            for (int tb = 0; tb < NT; tb += kTB) {
+              if (tb >= n) break;  // warp-uniform
 #pragma unroll
-                for (int t = tb; t < tb + kTB; ++t) {
-                  float xs[8];
-                  load_act8(in + token_row(t, n) * ldin + col, xs);
+              for (int t = tb; t < tb + kTB; ++t) {
+                float xs[8];
+                load_act8(in + token_row(t, n) * ldin + col, xs);
 #pragma unroll
-                  for (int r = 0; r < kRows; ++r)
+                for (int r = 0; r < kRows; ++r) {
+                  if constexpr (Tile::kExpand) {
 #pragma unroll
                     for (int j = 0; j < 8; ++j) acc[r][t] = fmaf(w[r][j], xs[j], acc[r][t]);
-                }
-              }
-            } else {
-#pragma unroll
-              for (int tb = 0; tb < NT; tb += kTB) {
-                if (tb >= n) break;
-#pragma unroll
-                for (int t = tb; t < tb + kTB; ++t) {
-                  float xs[8];
-                  load_act8(in + token_row(t, n) * ldin + col, xs);
-#pragma unroll
-                  for (int r = 0; r < kRows; ++r)
+                  } else {
 #pragma unroll
                     for (int g = 0; g < 2; ++g) {
                       const int nib = (word[r] >> (8 * h + 4 * g)) & 0xf;
@@ -133,6 +124,7 @@ __device__ void sparse24_rows(const T* __restrict__ values, const int16_t* __res
                                        fmaf(v[r][2 * g + 1], sel4(xs + 4 * g, nib >> 2),
                                             acc[r][t]));
                     }
+                  }
                 }
               }
             }
