@@ -1,5 +1,5 @@
-// LittleBit popcount kernel (opt-in: it quantizes the activations, see DESIGN.md "LittleBit
-// numerics" and factorkern/reference/littlebit_quant.py for the math it must match).
+// LittleBit popcount kernel (opt-in: it quantizes the activations, see docs/ops.md (littlebit_mm,
+// quantize_activations) and factorkern/reference/littlebit_quant.py for the math it must match).
 //
 // One persistent cooperative launch, three stages split by grid barriers:
 //   stage 0 (quantize, one CTA per (term, token)):  xg = x * g_t in fp32; s = max|xg| / 127 (1 for
