@@ -57,13 +57,18 @@ def _supports(x, U, V, *_):
 
 
 def register():
-    """Register the test backends (at import, and again by tests that reset dispatch)."""
+    """Register the test backends (in verification children, and by the `plugins` fixture into
+    copies of dispatch's tables)."""
     for name, fn in KERNELS.items():
         dispatch.register_backend(name, available=lambda: (True, "test backend"))
         dispatch.register_kernel("lowrank_mm", name, fn, supports=_supports)
 
 
-register()
+# Register at import only where FACTORKERN_PLUGINS names this module (the spawned verification
+# children). Test files import it for the fixture; registering there would leave kernels that
+# exit or hang in the pytest process for every later test that walks the backends.
+if __name__ in {m.strip() for m in os.environ.get(dispatch.PLUGINS_ENV, "").split(",")}:
+    register()
 
 
 try:

@@ -43,6 +43,20 @@ def _record(rows, kernels=None, device=FAKE_GPU, software=SOFTWARE, interpreted=
     return rec
 
 
+def test_importing_the_test_plugins_registers_nothing_in_this_process():
+    # Test files import fk_test_plugins for its fixture; kernels that exit or hang must reach
+    # only verification children (FACTORKERN_PLUGINS) and the fixture's table copies, never the
+    # tables every later test walks (fk.backends(), property tests over all backends).
+    import fk_test_plugins
+
+    assert not set(fk_test_plugins.KERNELS) & set(dispatch._BACKENDS)
+    assert not set(fk_test_plugins.KERNELS) & set(fk.backends())
+
+
+def test_the_plugins_fixture_registers_into_copies(plugins):
+    assert set(plugins.KERNELS) <= set(fk.backends())
+
+
 # ---- cells -----------------------------------------------------------------------------------
 def test_m_bucket_and_shape_class():
     assert [records.m_bucket(m) for m in (1, 2, 16, 17, 128, 129, 8192)] == \
