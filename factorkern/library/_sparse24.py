@@ -44,8 +44,9 @@ def semi_structured_mode(device_type: str, dtype: torch.dtype, rows: int, cols: 
 
     Pure function of the static facts, so tests can ask it about any GPU. The rules are torch's
     own limits (``SparseSemiStructuredTensor._DTYPE_SHAPE_CONSTRAINTS``), plus one of ours:
-    torch's CUTLASS kernels are Ampere ``mma.sp`` kernels, measured at 0.62x of dense on an
-    H100, so they are used on sm_8x only.
+    torch's CUTLASS kernels are Ampere ``mma.sp`` kernels, not expected to beat cuBLAS dense on
+    sm_90 and newer (an expectation, not timed here: no GPU has run this yet), so they are used on
+    sm_8x only; ``python -m factorkern.verify`` times the library path against dense.
     """
     if not enabled:
         return DENSE, f"{ENV_VAR}=0: the 2:4 factor is decoded once into a dense matrix"
@@ -68,7 +69,7 @@ def semi_structured_mode(device_type: str, dtype: torch.dtype, rows: int, cols: 
                            f"got ({rows}, {cols}): the factor is decoded once")
         return CUTLASS, "torch's semi-structured 2:4 tensor on CUTLASS (no cuSPARSELt here)"
     return DENSE, ("no cuSPARSELt in this torch build, and torch's CUTLASS 2:4 kernels (Ampere "
-                   "mma.sp) are slower than dense on this GPU: the factor is decoded once")
+                   "mma.sp) are not expected to beat dense on this GPU: the factor is decoded once")
 
 
 def _cusparselt_available() -> bool:
