@@ -13,12 +13,10 @@
 namespace fk {
 namespace {
 
-// The tile parameters of this kernel's 2:4 stage (tiles.h: sparse_mm_rows).
+// The 2:4 stage's tile with this kernel's rows per lane group (tiles.h: sparse_mm_rows).
 template <int NT>
-struct SparseMmTile {
+struct SparseMmTile : Sparse24Tile<NT> {
   static constexpr int kRows = tiles::sparse_mm_rows(NT);
-  static constexpr int kBatch = tiles::sparse24_batch(NT);
-  static constexpr bool kExpand = tiles::sparse24_expand(NT);
 };
 
 template <typename T>
