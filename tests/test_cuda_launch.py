@@ -173,6 +173,13 @@ def test_sparse_mm_argument_errors_launch_nothing(fake, kw, msg):
     assert not T.events()
 
 
+def test_sparse_mm_on_a_device_that_does_not_exist(fake):
+    fake(devices=2, device=0)
+    with pytest.raises(RuntimeError, match="cannot make CUDA device 5 current"):
+        _sm(4, device=5)
+    assert not _events("launch") and T.current_device() == 0
+
+
 def test_sparse_mm_zero_tokens_and_launch_errors(fake):
     fake(launch_error=T.LAUNCH_FAILURE)
     _sm(0, x=0, y=0)  # nothing to do: no launch, no error
