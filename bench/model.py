@@ -65,6 +65,7 @@ THREADS = 256             # every decode kernel: 8 warps per CTA
 # The kinds of decode kernels in factorkern._C and their stages in program order. A stage is
 # (loop kind, what it reads its activations from); the kinds are those of factorkern._C.tiles().
 CUDA_KERNELS = {
+    "sparse_mm": ("sparse_mm",),
     "dense_sparse": ("sparse24", "dense"),
     "sparse_dense": ("dense", "sparse24"),
     "armor": ("dense", "sparse24", "dense"),
@@ -72,9 +73,16 @@ CUDA_KERNELS = {
     "littlebit_popcount": ("popcount", "sign_terms"),
 }
 # Columns of one 16-byte chunk of a row, and 16-byte factor loads per chunk and row. "sign_terms"
-# is LittleBit's stage 2, whose hot loop runs over the terms (one chunk of each per iteration).
-CHUNK_COLS = {"sparse24": 128, "dense": 8, "sign": 128, "sign_terms": 128, "popcount": 128}
-LOADS_PER_CHUNK = {"sparse24": 9, "dense": 1, "sign": 1, "sign_terms": 1, "popcount": 1}
+# is LittleBit's stage 2, whose hot loop runs over the terms (one chunk of each per iteration);
+# "sparse_mm" is the 2:4 stage with sparse_mm's own tile parameters.
+CHUNK_COLS = {"sparse24": 128, "sparse_mm": 128, "dense": 8, "sign": 128, "sign_terms": 128,
+              "popcount": 128}
+LOADS_PER_CHUNK = {"sparse24": 9, "sparse_mm": 9, "dense": 1, "sign": 1, "sign_terms": 1,
+                   "popcount": 1}
+# Stages whose hot loop takes one chunk per iteration (the others take `unroll` chunks).
+ONE_CHUNK_PER_ITER = ("sparse24", "sparse_mm", "sign_terms")
+# Kernels of one stage, launched plainly (no grid barrier, so no co-residency cap on the grid).
+PLAIN_LAUNCH = ("sparse_mm",)
 
 
 # --- SASS ----------------------------------------------------------------------------------------
@@ -229,8 +237,8 @@ class KernelCode:
     mix: Counter = field(default_factory=Counter, repr=False)
 
 
-_KERNEL = re.compile(r"(dense_sparse|sparse_dense|armor|littlebit_exact|littlebit_popcount)"
-                     r"_kernelI(6__half|13__nv_bfloat16)Li(\d+)E")
+_KERNEL = re.compile(r"(sparse_mm|dense_sparse|sparse_dense|armor|littlebit_exact|"
+                     r"littlebit_popcount)_kernelI(6__half|13__nv_bfloat16)Li(\d+)E")
 
 
 def resource_usage(text: str) -> dict[str, dict[str, int]]:
@@ -327,6 +335,8 @@ def littlebit_rank_for_bits(out_f: int, in_f: int, bits_per_weight: float, terms
 
 def stages_of(op: str, out_f: int, in_f: int, **size) -> list[Stage]:
     """The stages of one decode call and the factor bytes each reads."""
+    if op == "sparse_mm":
+        return [Stage("sparse_mm", out_f, in_f, out_f * in_f * 9 // 8)]
     if op == "dense_sparse":
         k = size["k"]
         return [Stage("sparse24", k, in_f, k * in_f * 9 // 8), Stage("dense", out_f, k, 2 * out_f * k)]
@@ -412,13 +422,19 @@ def predict(op: str, kernel: KernelCode, tiles: dict, out_f: int, in_f: int, n: 
         lanes = _lanes(chunks, st.rows, t["rows"])
         rows_item = (32 // lanes) * t["rows"]
         items = -(-st.rows // rows_item)
-        per_iter = 1 if st.kind in ("sparse24", "sign_terms") else t["unroll"]
+        per_iter = 1 if st.kind in ONE_CHUNK_PER_ITER else t["unroll"]
         iters = -(-chunks // (lanes * per_iter))
         use = chunks / (iters * lanes * per_iter)
         items_all.append(items)
         geo.append((chunks, lanes, items, iters, use))
-    grid = min(max(-(-max(items_all) // (THREADS // 32)), SMS), ctas_sm * SMS)
-    grid_warps = grid * THREADS // 32
+    # The launch (launch.cuh): one CTA per 8 warp items, at least one per SM; a cooperative
+    # (persistent) launch is capped at the co-resident CTAs, a plain one (PLAIN_LAUNCH) is not
+    # and runs in waves of the resident CTAs. Either way a warp slot of a resident CTA works
+    # through `rounds` items one after another.
+    grid = max(-(-max(items_all) // (THREADS // 32)), SMS)
+    if op not in PLAIN_LAUNCH:
+        grid = min(grid, ctas_sm * SMS)
+    grid_warps = min(grid, ctas_sm * SMS) * THREADS // 32
     sms_used = min(SMS, grid)
 
     preds, total_bytes_stage = [], 0
@@ -454,7 +470,7 @@ def predict(op: str, kernel: KernelCode, tiles: dict, out_f: int, in_f: int, n: 
         # Stage 0 (quantize x * g per token and term): two passes over x and g per CTA, each at
         # least one latency; small next to the rest, and not a factor-load loop.
         t_total += 2 * latency_ns * 1e-9
-    barriers = (3 if op == "armor" else 2 if op == "littlebit_popcount" else 1)
+    barriers = {"sparse_mm": 0, "armor": 3, "littlebit_popcount": 2}.get(op, 1)
     t_total += barriers * GRID_SYNC_NS * 1e-9
     io = 2 * n * (in_f + out_f) + 2 * out_f  # x, y, bias
     nbytes = total_bytes_stage + io
@@ -493,6 +509,7 @@ def llama_cases() -> list[tuple[str, int, int, dict]]:
             if s.out < 2048:
                 continue  # the 1024-wide k/v projection: too small to say much at decode
             k = _size(fs.ds_k, s.inp, 128)
+            cases.append(("sparse_mm", s.out, s.inp, {}))
             cases.append(("dense_sparse", s.out, s.inp, {"k": k}))
             cases.append(("sparse_dense", s.out, s.inp, {"k": k}))
             cases.append(("armor", s.out, s.inp, {"block_a": 128, "block_b": 128}))
@@ -535,7 +552,9 @@ def _size_label(size: dict) -> str:
         return f"blk={size['block_a']}"
     if "bpw" in size:
         return f"r={size['rank']}x{size['terms']} ({size['bpw']} b/w)"
-    return f"r={size['rank']}x{size['terms']}"
+    if "rank" in size:
+        return f"r={size['rank']}x{size['terms']}"
+    return "-"
 
 
 def markdown(preds: list[Prediction], triton_rows: list | None = None,
@@ -623,6 +642,9 @@ alternative it rejected:
   token 4 rows, which keeps 400-500 bytes of factor loads in flight per lane. Groups expanded to
   4 dense weights once per row at NT >= 4 (4 FMAs per token) instead of selecting activations per
   token (8 instructions per group and token).
+- **sparse_mm** (the plain 2:4 weight, the 2:4 stage alone): 4 rows per lane group at 1 and 4
+  tokens (254 registers at 4, no spill; f_issue 0.88-0.98 against 0.74-0.82 with 2 rows), 2 at
+  16 (4 rows spill there). No grid barrier: a plain launch.
 - **lane groups**: the lanes per row are the largest power of two that keeps >= 90 % of the lanes
   busy: sparse_dense's second stage at k = 2048 (16 chunks) and the ARMOR block stages
   (block 128: 16 chunks) use 16-lane groups, LittleBit stage 2 at r = 256 two lanes, at r = 300
@@ -639,7 +661,12 @@ What it says is left for the GPU work (see csrc/README.md, GPU checks owed):
 
 - **16 tokens** (every kernel): bound by FP32 instruction issue, 0.3-0.8 of the bytes rate (a
   kept 2:4 value costs 4 FMAs per token, a dense weight 1, plus conversions); the way out is
-  `mma.sync` with the tokens as the M = 16 side.
+  `mma.sync` with the tokens as the M = 16 side. For sparse_mm this decides the issue's target
+  (>= 1.5x F.linear at M <= 16 on 4096x11008): predicted 2.0x at 1 token and 1.7x at 2-4, but
+  0.87x at 5-8 and 0.46x at 13-16. One FMA per dense weight and token is 256 warp FMAs per 512
+  bytes of values at 16 tokens, at most 0.55 of the bytes rate on CUDA cores even with no other
+  instruction, so no tile choice reaches 1.5x there; `mma.sp` (the 2:4 weight as the sparse A
+  operand, the tokens as N) is.
 - **ARMOR**: the two block-diagonal stages (1 MB each at 4096) are latency-bound (one DRAM round
   trip plus a barrier each), which keeps the call at 0.6-0.8 of the bytes bound.
 - **LittleBit**: bound by instructions (about 3 per sign and token on CUDA cores, 0.75 on the

@@ -21,7 +21,8 @@ PKG = os.path.dirname(os.path.abspath(C.__file__))
 LIB = os.path.join(PKG, "lib", "libfactorkern.so")
 MB = 1 << 20
 KINDS = ("dense_sparse_kernel", "sparse_dense_kernel", "armor_kernel", "littlebit_exact_kernel",
-         "littlebit_popcount_kernel")
+         "littlebit_popcount_kernel")  # persistent kernels with grid barriers
+SINGLE = ("sparse_mm_kernel",)      # one stage, a plain launch
 FAKE = 1 << 40  # a 256-byte aligned address that is never dereferenced (checks fail first)
 
 
@@ -84,7 +85,7 @@ def test_zero_tokens_is_a_no_op():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
 @pytest.mark.parametrize("call", ["dense_sparse", "sparse_dense", "armor", "littlebit",
-                                  "popcount"])
+                                  "popcount", "sparse_mm"])
 def test_call_without_gpu_raises_cleanly(call):
     with pytest.raises(RuntimeError, match="CUDA runtime error"):
         if call == "dense_sparse":
@@ -92,6 +93,8 @@ def test_call_without_gpu_raises_cleanly(call):
         elif call == "sparse_dense":
             C.sparse_dense_mm(0, 4, 256, 128, 96, FAKE, 256, FAKE, FAKE, FAKE, 0, FAKE, 96, FAKE,
                               MB, 0, -1)
+        elif call == "sparse_mm":
+            C.sparse_mm(1, 4, 256, 96, FAKE, 256, FAKE, FAKE, 0, FAKE, 96, 0, -1)
         elif call == "armor":
             C.armor_mm(1, 4, 256, 128, FAKE, 256, FAKE, 64, FAKE, FAKE, FAKE, 128, 0, FAKE, 128,
                        FAKE, MB, 0, -1)
@@ -162,7 +165,7 @@ def test_every_kernel_compiled_for(arch):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     funcs = re.findall(r"Function (\S+):", r.stdout)
-    for kind in KINDS:
+    for kind in KINDS + SINGLE:
         # 2 dtypes x 3 token buckets each
         assert sum(kind in f for f in funcs) == 6, (kind, funcs)
 
@@ -186,7 +189,7 @@ def test_sass_popcount_uses_popc(sass_sm90):
 def test_sass_factors_stream_past_l1_with_128_bit_loads(sass_sm90):
     # values/meta/dense rows/sign words: 16-byte non-coherent loads that do not allocate in L1
     # (tests/test_cuda_sass.py checks the loops in detail).
-    for kind in KINDS:
+    for kind in KINDS + SINGLE:
         for name, body in _of(sass_sm90, kind).items():
             assert re.search(r"LDG\.E\.NA\.128\.CONSTANT", body), name
 
@@ -197,3 +200,7 @@ def test_sass_grid_barrier_present(sass_sm90):
     for kind in KINDS:
         for name, body in _of(sass_sm90, kind).items():
             assert "MEMBAR" in body or "FENCE" in body, name
+    # sparse_mm is one stage: no barrier, so its plain launch needs no co-residency.
+    for kind in SINGLE:
+        for name, body in _of(sass_sm90, kind).items():
+            assert "MEMBAR" not in body and "FENCE" not in body, name

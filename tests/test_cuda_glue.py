@@ -16,7 +16,8 @@ from factorkern import cuda as fkc  # noqa: E402
 from factorkern import dispatch  # noqa: E402
 from families import make_case  # noqa: E402
 
-OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "littlebit_mm_popcount")
+OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "littlebit_mm_popcount",
+       "sparse_mm")
 
 
 def _x(n=4, n_in=4096, dtype=torch.float16):
@@ -47,6 +48,12 @@ def test_supports_reasons():
     assert fkc.sparse_dense_supports(_x(), None, None, _t(2048, 4096)) is None
     assert "k = 100" in fkc.sparse_dense_supports(_x(), None, None, _t(100, 4096))
     assert "in = 4092" in fkc.sparse_dense_supports(_x(n_in=4092), None, None, _t(128, 4092))
+    V, M = _t(4096, 2048), _t(4096, 256)
+    assert fkc.sparse_supports(_x(n=16), V, M) is None
+    assert "CUDA tensors" in fkc.sparse_supports(torch.zeros(2, 4096), V, M)
+    assert "float16 and bfloat16" in fkc.sparse_supports(_x(dtype=torch.float32), V, M)
+    assert "N <= 16" in fkc.sparse_supports(_x(n=17), V, M)
+    assert "in = 4000 is not a multiple of 128" in fkc.sparse_supports(_x(n_in=4000), None, None)
     A, B = _t(32, 128, 128), _t(32, 128, 128)
     assert fkc.armor_supports(_x(), A, None, None, B) is None
     assert "A block size = 12" in fkc.armor_supports(_x(), _t(4, 12, 12), None, None, B)
@@ -60,6 +67,9 @@ def test_kernel_fns_raise_on_cpu_tensors():
     D, S = case.factors
     with pytest.raises(RuntimeError, match="CUDA tensors"):
         fkc.dense_sparse_mm(torch.randn(2, 128).half(), D, S.values, S.meta, None, [])
+    S = make_case("sparse_mm", 16, 128, dtype=torch.float16).factors[0]
+    with pytest.raises(RuntimeError, match="sparse_mm: .*CUDA tensors"):
+        fkc.sparse_mm(torch.randn(2, 128).half(), S.values, S.meta, None, [])
     F = make_case("littlebit_mm", 16, 128, dtype=torch.float16).factors[0]
     with pytest.raises(RuntimeError, match="CUDA tensors"):
         fkc.littlebit_mm_popcount(torch.randn(2, 128).half(), *F.lists(), None, [])

@@ -20,7 +20,7 @@ MS = [1, 3, 4, 7, 16]
 DTYPES = [torch.float16, torch.bfloat16]
 TOL = 1e-2
 SIZE = {"dense_sparse_mm": dict(k=2048), "sparse_dense_mm": dict(k=2048),
-        "armor_mm": dict(block=128), "littlebit_mm": dict(r=512, nterms=2)}
+        "armor_mm": dict(block=128), "littlebit_mm": dict(r=512, nterms=2), "sparse_mm": {}}
 
 _CACHE: dict = {}
 
@@ -89,6 +89,9 @@ def test_batch_dims_non_contiguous_x_and_poisoned_out(op):
     elif op == "dense_sparse_mm":
         D, S = factors
         args = (D, S.values, S.meta, bias, [])
+    elif op == "sparse_mm":
+        (S,) = factors
+        args = (S.values, S.meta, bias, [])
     else:
         S, D = factors
         args = (S.values, S.meta, D, bias, [])
@@ -96,6 +99,29 @@ def test_batch_dims_non_contiguous_x_and_poisoned_out(op):
     torch.cuda.synchronize()
     assert not out.isnan().any()
     assert rel_err(out, _want(ref, x2, bias)) < TOL
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1000, 384), (33, 128), (4097, 11008)],
+                         ids=lambda s: f"{s[0]}x{s[1]}")
+def test_sparse_mm_odd_sizes_every_token_count(shape, dtype):
+    # Rows that do not fill a lane group's 2 or 4 rows, reductions of 1 and 3 chunks (narrow
+    # lane groups, tiles.h) and of 86 chunks (a last pass with idle lanes), every n in 1..16
+    # (all three buckets, partial token blocks), bias on odd n, outputs poisoned with NaN.
+    from factorkern import cuda as fkc
+
+    out_f, in_f = shape
+    factors, ref = _case("sparse_mm", out_f, in_f, dtype)
+    (S,) = factors
+    g = torch.Generator(device="cuda").manual_seed(out_f)
+    for m in range(1, 17):
+        x = torch.randn(m, in_f, device="cuda", generator=g).to(dtype)
+        bias = torch.randn(out_f, device="cuda", generator=g).to(dtype) if m % 2 else None
+        out = torch.full((m, out_f), float("nan"), device="cuda", dtype=dtype)
+        y = fkc.sparse_mm(x, S.values, S.meta, bias, [], out=out)
+        torch.cuda.synchronize()
+        assert not y.isnan().any(), m
+        assert rel_err(y, _want(ref, x, bias)) < TOL, m
 
 
 @pytest.mark.parametrize("rank", [300, 129])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -48,6 +49,14 @@ def _ds(n, device=-1, k=4096, out=4096, n_in=4096):
     """fk_dense_sparse_mm through _C with fake pointers."""
     C.dense_sparse_mm(C.FLOAT16, n, n_in, k, out, FAKE, n_in, FAKE, FAKE, FAKE, 0, FAKE, out,
                       FAKE, 64 * MB, 0, device)
+
+
+def _sm(n, device=-1, out=4096, n_in=4096, dtype=C.FLOAT16, **kw):
+    """fk_sparse_mm through _C with fake pointers; keyword overrides of the pointers and strides."""
+    a = dict(x=FAKE, ldx=n_in, sv=FAKE, sm=FAKE, bias=0, y=FAKE, ldy=out)
+    a.update(kw)
+    C.sparse_mm(dtype, n, n_in, out, a["x"], a["ldx"], a["sv"], a["sm"], a["bias"], a["y"],
+                a["ldy"], 0, device)
 
 
 def _lb(n, popcount, device=-1):
@@ -106,6 +115,154 @@ def test_grid_is_sized_by_the_work_with_one_cta_per_sm_at_least(fake):
     assert [e["grid"][0] for e in _events("launch")] == [132, 132, 256]
 
 
+# --- sparse_mm: one stage, a plain launch --------------------------------------------------------
+def test_sparse_mm_is_a_plain_launch_sized_by_its_rows(fake):
+    # No grid barrier: no cooperative launch, no occupancy query, and no cap at the co-resident
+    # CTAs (the kernel's grid stride takes any grid). 4 rows per 32-lane group at 1 and 4 tokens,
+    # 2 at 16 (tiles.h): 11008 rows at 16 tokens are 5504 warp items = 688 CTAs of 8 warps.
+    assert C.tiles()[1]["sparse_mm"]["rows"] == 4 and C.tiles()[16]["sparse_mm"]["rows"] == 2
+    fake(sms=132, occupancy=[1])
+    _sm(1, out=64, n_in=128)           # 1 chunk per row, 64 rows: few items, one CTA per SM
+    _sm(1, out=4096, n_in=11008)       # 4096 / 4 = 1024 items = 128 CTAs, below 132 SMs
+    _sm(16, out=11008, n_in=4096)      # 11008 / 2 = 5504 items = 688 CTAs
+    _sm(4, out=11008, n_in=4096)       # 11008 / 4 = 2752 items = 344 CTAs
+    assert not _events("occupancy")
+    launches = _events("launch")
+    assert [e["grid"] for e in launches] == [(132, 1, 1), (132, 1, 1), (688, 1, 1), (344, 1, 1)]
+    assert all(not e["cooperative"] and e["block"] == 256 and e["smem"] == 0 for e in launches)
+
+
+def test_sparse_mm_kernels_per_bucket_and_dtype_and_facts_per_device(fake):
+    fake(sms=8)
+    for n, dtype in [(1, C.FLOAT16), (3, C.FLOAT16), (4, C.FLOAT16), (16, C.FLOAT16),
+                     (16, C.BFLOAT16), (1, C.FLOAT16)]:
+        _sm(n, dtype=dtype, device=0)
+    assert [e["kernel"] for e in _events("launch")] == [0, 1, 1, 2, 3, 0]
+    assert T.cached_facts() == 1  # the SM count of device 0, whatever the kernel
+    _sm(1, device=1)
+    assert T.cached_facts() == 2
+    assert [e["device"] for e in _events("launch")] == [0] * 6 + [1]
+
+
+def test_sparse_mm_runs_with_the_tensors_device_current(fake):
+    fake(device=0)
+    _sm(4, device=1)
+    ev = [(e["what"], e["device"]) for e in T.events()]
+    assert ev == [("set_device", 1), ("launch", 1), ("set_device", 0)]
+    assert T.current_device() == 0
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(n=17), "n <= 16"),
+    (dict(dtype=2), "float16 (0) or bfloat16 (1)"),
+    (dict(n_in=192), "multiple of 128"),
+    (dict(x=FAKE + 8), "16-byte aligned"),
+    (dict(ldx=4100), "row stride ldx"),
+    (dict(ldx=4000), "row stride ldx"),
+    (dict(sv=0), "S.values must not be null"),
+    (dict(sm=FAKE + 2), "S.meta must be 16-byte aligned"),
+    (dict(ldy=10), "ldy"),
+    (dict(out=0), "out > 0"),
+])
+def test_sparse_mm_argument_errors_launch_nothing(fake, kw, msg):
+    fake()
+    a = dict(n=4)
+    a.update(kw)
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        _sm(**a)
+    assert not T.events()
+
+
+def test_sparse_mm_on_a_device_that_does_not_exist(fake):
+    fake(devices=2, device=0)
+    with pytest.raises(RuntimeError, match="cannot make CUDA device 5 current"):
+        _sm(4, device=5)
+    assert not _events("launch") and T.current_device() == 0
+
+
+def test_sparse_mm_zero_tokens_and_launch_errors(fake):
+    fake(launch_error=T.LAUNCH_FAILURE)
+    _sm(0, x=0, y=0)  # nothing to do: no launch, no error
+    assert not _events("launch")
+    with pytest.raises(RuntimeError, match="sparse_mm: cudaLaunchKernel failed.*"
+                                           "cudaErrorLaunchFailure"):
+        _sm(2)
+    assert T.pending_error() == 0  # its own error, cleared
+
+
+def test_sparse_mm_leaves_a_pending_error_of_other_code(fake):
+    fake(launch_error=T.LAUNCH_FAILURE, pending_error=T.COOPERATIVE_LAUNCH_TOO_LARGE)
+    with pytest.raises(RuntimeError):
+        _sm(2)
+    assert T.pending_error() != 0  # not cleared: its owner reads it
+
+
+class _Recorder:
+    """Stands in for factorkern._C in the glue: records the arguments of sparse_mm and passes
+    them on to the real binding (the fake runtime then records the launch)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sparse_mm(self, *args):
+        self.calls.append(args)
+        return C.sparse_mm(*args)
+
+
+@pytest.fixture
+def sparse_glue(fake, monkeypatch):
+    """The sparse_mm glue with CPU tensors standing in for CUDA ones (device index 1)."""
+    monkeypatch.setattr(fkc, "_reason_common", lambda x: None)
+    monkeypatch.setattr(fkc, "_stream", lambda device: 0)
+    monkeypatch.setattr(fkc, "_device", lambda x: 1)
+    rec = _Recorder()
+    monkeypatch.setattr(fkc, "_C", rec)
+    fake(sms=132)
+    return rec
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "transposed", "misaligned"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_sparse_mm_glue_converts_the_arguments(sparse_glue, layout, dtype):
+    from families import make_case, make_x
+
+    S = make_case("sparse_mm", 40, 256, dtype=dtype).factors[0]
+    if layout == "misaligned":  # contiguous, but 2 bytes past a 16-byte boundary
+        x = torch.randn(5 * 256 + 1, dtype=dtype)[1:].view(5, 256)
+    else:
+        x = make_x((5,), 256, dtype, layout)
+    assert (x.is_contiguous() and x.data_ptr() % 16 == 0) == (layout == "contiguous")
+    bias = torch.randn(80, dtype=dtype)[::2]  # strided: the glue makes it contiguous
+    y = fkc.sparse_mm(x, S.values, S.meta, bias, [])
+    assert y.shape == (5, 40) and y.dtype == dtype
+    (args,) = sparse_glue.calls
+    code, n, n_in, n_out, px, ldx, pv, pm, pb, py, ldy, stream, device = args
+    assert code == (C.FLOAT16 if dtype == torch.float16 else C.BFLOAT16)
+    assert (n, n_in, n_out, ldx, ldy, stream, device) == (5, 256, 40, 256, 40, 0, 1)
+    assert px % 16 == 0 and pv == S.values.data_ptr() and pm == S.meta.data_ptr()
+    assert px == x.data_ptr() if layout == "contiguous" else px != x.data_ptr()
+    assert pb != 0 and pb != bias.data_ptr() and py == y.data_ptr()
+    (launch,) = _events("launch")
+    assert launch["device"] == 1 and not launch["cooperative"]  # x's device, made current
+    assert T.current_device() == 0
+
+
+def test_sparse_mm_glue_bias_out_and_empty(sparse_glue):
+    from families import make_case
+
+    S = make_case("sparse_mm", 40, 128, dtype=torch.float16).factors[0]
+    x = torch.randn(3, 128, dtype=torch.float16)
+    out = torch.empty(3, 48, dtype=torch.float16)[:, :40]  # a row stride wider than out
+    y = fkc.sparse_mm(x, S.values, S.meta, None, [], out=out)
+    assert y is out
+    (args,) = sparse_glue.calls
+    assert args[8] == 0 and args[10] == 48  # no bias: a null pointer; ldy = out's row stride
+    with pytest.raises(ValueError, match="out must be"):
+        fkc.sparse_mm(x, S.values, S.meta, None, [], out=torch.empty(3, 40))
+    assert fkc.sparse_mm(x[:0], S.values, S.meta, None, []).shape == (0, 40)
+    assert len(sparse_glue.calls) == 1  # neither the refused nor the empty call reached _C
+
+
 # --- device guard ----------------------------------------------------------------------------------
 def test_launch_runs_with_the_tensors_device_current(fake):
     fake(device=0)
@@ -154,7 +311,7 @@ def test_glue_end_to_end_on_cpu_tensors(fake, monkeypatch):
 
 
 # --- GIL --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("call", ["dense_sparse", "littlebit", "sm90"])
+@pytest.mark.parametrize("call", ["dense_sparse", "littlebit", "sm90", "sparse_mm"])
 def test_launch_releases_the_gil(fake, call):
     fake(launch_sleep_ms=300)
     ticks = []
@@ -173,6 +330,8 @@ def test_launch_releases_the_gil(fake, call):
         _ds(4)
     elif call == "littlebit":
         _lb(4, popcount=False)
+    elif call == "sparse_mm":
+        _sm(4)
     else:
         assert C.sm90_sparse_gemm(1, 64, 64, 128, FAKE, 64, FAKE, FAKE, 64, 0, 0, 128, FAKE, 128,
                                   0, -1) == 0
@@ -307,7 +466,7 @@ def test_libfactorkern_exports_the_sm90_api():
         pytest.skip("libfactorkern.so not built")
     lib = ctypes.CDLL(LIB)
     for name in ("fk_sm90_sparse_gemm", "fk_sm90_sparse_available", "fk_sm90_last_error",
-                 "fk_dense_sparse_mm", "fk_littlebit_popcount_mm"):
+                 "fk_dense_sparse_mm", "fk_littlebit_popcount_mm", "fk_sparse_mm"):
         assert hasattr(lib, name), name
     if shutil.which("nm"):
         out = subprocess.run(["nm", "-D", "--defined-only", LIB], capture_output=True, text=True)

@@ -127,6 +127,29 @@ fk_status launch_cooperative(void (*kernel)(Params), const Params& params, int64
   return FK_SUCCESS;
 }
 
+// Launch a single-stage kernel (no grid barrier, so no co-residency needed): a plain launch of
+// one CTA per kWarpsPerCta warp items, at least one per SM (a smaller stage then spreads one
+// warp per SM, as above). The kernel walks the items with the same grid stride as the
+// persistent ones, so the two launches share the device code.
+template <typename Params>
+fk_status launch_grid(void (*kernel)(Params), const Params& params, int64_t warp_items,
+                      cudaStream_t stream, const char* op) {
+  const ErrorScope scope;
+  const Runtime& rt = runtime();
+  const void* fn = reinterpret_cast<const void*>(kernel);
+  int dev = 0, sms = 0;
+  cudaError_t e = rt.get_device(&dev);
+  if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaGetDevice");
+  e = cached_fact(nullptr, dev, Fact::kSmCount, &sms, sm_count, nullptr);
+  if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaDeviceGetAttribute");
+  int64_t want = (warp_items + kWarpsPerCta - 1) / kWarpsPerCta;
+  if (want < sms) want = sms;
+  void* args[] = {const_cast<Params*>(&params)};
+  e = rt.launch(fn, dim3(static_cast<unsigned>(want)), dim3(kThreads), args, 0, stream, false);
+  if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaLaunchKernel");
+  return FK_SUCCESS;
+}
+
 // Pick the token bucket NT (a compile-time upper bound on n: 1, 4 or 16) and call
 // f(std::integral_constant<int, NT>{}). Three buckets keep the build small; tokens past n are
 // clamped loads whose results are never stored.

@@ -43,10 +43,10 @@ __device__ __forceinline__ void expand_group(float v0, float v1, uint32_t nib, f
   w[3] = i1 == 3 ? v1 : 0.f;
 }
 
-template <typename T, typename In, int NT, typename Epi>
+// Tile: the tile parameters (Sparse24Tile<NT> unless a kernel picks its own).
+template <typename T, typename In, int NT, typename Tile = Sparse24Tile<NT>, typename Epi>
 __device__ void sparse24_rows(const T* __restrict__ values, const int16_t* __restrict__ meta,
                               int R, int C, const In* in, int64_t ldin, int n, const Epi& epi) {
-  using Tile = Sparse24Tile<NT>;
   constexpr int kRows = Tile::kRows, kBatch = Tile::kBatch;
   constexpr int kTB = NT < kTokenBlock ? NT : kTokenBlock;
   const Grid grid;
@@ -221,9 +221,9 @@ struct ToOutput {
 
 // Warp work items of each stage (sizes the persistent grid; the host's count must match the
 // device loops above).
-template <int NT>
+template <int NT, typename Tile = Sparse24Tile<NT>>
 constexpr int64_t sparse24_items(int64_t rows, int64_t cols) {
-  return stage_items(rows, cols / 128, Sparse24Tile<NT>::kRows);
+  return stage_items(rows, cols / 128, Tile::kRows);
 }
 template <int NT>
 constexpr int64_t dense_items(int64_t rows, int64_t cols) {

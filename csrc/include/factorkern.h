@@ -4,8 +4,9 @@
  * of tokens (decode: N <= FK_MAX_TOKENS). x is (N, in) row-major with row stride ldx (elements),
  * y is (N, out) with row stride ldy; all factor tensors are contiguous in the layouts of
  * docs/formats.md (Sparse24 values/meta, SignBits words, BlockDiag blocks). Pointers are
- * device pointers; every call is asynchronous on `stream` and needs a caller-owned device
- * workspace of at least the size the matching *_workspace_size function returns.
+ * device pointers; every call is asynchronous on `stream`, and every op with intermediates
+ * needs a caller-owned device workspace of at least the size the matching *_workspace_size
+ * function returns (fk_sparse_mm, a single product, has none).
  *
  * Each function returns a status; on failure fk_last_error() (thread-local) says why in words.
  * No function touches the GPU before it is called with a GPU pointer, and none synchronizes.
@@ -64,6 +65,12 @@ FK_API fk_status fk_sparse_dense_mm(fk_dtype dtype, int64_t n, int64_t in, int64
                                     const int16_t* s_meta, const void* d, const void* bias,
                                     void* y, int64_t ldy, void* workspace, size_t workspace_bytes,
                                     cudaStream_t stream);
+
+/* y = x @ S.T + bias, the plain 2:4 weight.  S (out, in) 2:4 along in: s_values (out, in/2),
+ * s_meta int16 (out, in/16). Needs in % 128 == 0. One stage: no workspace. */
+FK_API fk_status fk_sparse_mm(fk_dtype dtype, int64_t n, int64_t in, int64_t out, const void* x,
+                              int64_t ldx, const void* s_values, const int16_t* s_meta,
+                              const void* bias, void* y, int64_t ldy, cudaStream_t stream);
 
 /* y = ((x @ B.T) @ S.T) @ A.T + bias (ARMOR). A blocks (out/block_a, block_a, block_a), S (out, in)
  * 2:4 along in, B blocks (in/block_b, block_b, block_b). Needs in % 128 == 0, block sizes % 8 == 0. */

@@ -89,6 +89,9 @@ PYBIND11_MODULE(_C, m) {
       d["sparse24"] = py::dict(py::arg("rows") = t::sparse24_rows(nt),
                                py::arg("unroll") = t::sparse24_batch(nt),
                                py::arg("expand") = t::sparse24_expand(nt));
+      d["sparse_mm"] = py::dict(py::arg("rows") = t::sparse_mm_rows(nt),
+                                py::arg("unroll") = t::sparse24_batch(nt),
+                                py::arg("expand") = t::sparse24_expand(nt));
       d["dense"] = py::dict(py::arg("rows") = t::dense_rows(nt),
                             py::arg("unroll") = t::dense_unroll(nt));
       d["sign"] = py::dict(py::arg("rows") = t::sign_rows(nt), py::arg("unroll") = t::sign_unroll(nt),
@@ -133,6 +136,18 @@ PYBIND11_MODULE(_C, m) {
                                       cptr<void>(sv), cptr<int16_t>(sm), cptr<void>(d),
                                       cptr<void>(bias), mptr(y), ldy, mptr(ws), ws_bytes,
                                       stream_of(stream));
+          }));
+        },
+        release_gil());
+
+  m.def("sparse_mm",
+        [](int dtype, int64_t n, int64_t in, int64_t out, std::uintptr_t x, int64_t ldx,
+           std::uintptr_t sv, std::uintptr_t sm, std::uintptr_t bias, std::uintptr_t y,
+           int64_t ldy, std::uintptr_t stream, int device) {
+          check(on_device(device, [&] {
+            return fk_sparse_mm(dtype_of(dtype), n, in, out, cptr<void>(x), ldx, cptr<void>(sv),
+                                cptr<int16_t>(sm), cptr<void>(bias), mptr(y), ldy,
+                                stream_of(stream));
           }));
         },
         release_gil());

@@ -10,8 +10,9 @@ checks everything again and a failing call raises RuntimeError with its message.
 What the kernels take (``supports`` gives the reason otherwise, and ``auto`` falls back):
 - CUDA tensors, float16 or bfloat16, N <= 16 tokens (decode kernels; prefill goes to Triton or
   the reference). No padding is done: a shape the kernels do not take is refused, never padded.
-- dense_sparse_mm: in % 128 == 0 (2:4 values and metadata of S read with 16-byte loads),
-  k % 8 == 0. sparse_dense_mm: k % 128 == 0, in % 8 == 0. armor_mm: in % 128 == 0, block sizes
+- sparse_mm (the plain 2:4 weight, one stage, no workspace) and dense_sparse_mm: in % 128 == 0
+  (2:4 values and metadata of S read with 16-byte loads); dense_sparse_mm also k % 8 == 0.
+  sparse_dense_mm: k % 128 == 0, in % 8 == 0. armor_mm: in % 128 == 0, block sizes
   multiples of 8. littlebit_mm (+ _popcount): in % 128 == 0, at most 4 terms; any rank (the
   prepared layout pads U's words to a multiple of 128 columns with zero words, and the kernel
   writes zeros to the padded part of the intermediate, so padding never contributes).
@@ -95,6 +96,29 @@ def _device(x) -> int:
 
 
 # --- 2:4 family ----------------------------------------------------------------------------------
+def sparse_supports(x, s_values, s_meta, *_) -> Optional[str]:
+    return _first(_reason_common(x),
+                  _mult("in", x.shape[1], 128, "16-byte loads of the 2:4 values and metadata"))
+
+
+def sparse_mm(x, s_values, s_meta, bias, extra, out=None):
+    """y = x @ S.T + bias; x (N, in), S (out, in) 2:4: s_values (out, in/2), s_meta int16
+    (out, in/16). Returns (N, out). One stage, no workspace."""
+    _check(sparse_supports(x, s_values, s_meta), "sparse_mm")
+    x = _aligned(x)
+    bias = None if bias is None else bias.contiguous()  # read element by element
+    s_values, s_meta = _aligned(s_values), _aligned(s_meta)
+    n, n_in = x.shape
+    n_out = s_values.shape[0]
+    y = _output(x, n_out, out)
+    if n == 0:
+        return y
+    _C.sparse_mm(_DTYPES[x.dtype], n, n_in, n_out, x.data_ptr(), x.stride(0), s_values.data_ptr(),
+                 s_meta.data_ptr(), _ptr(bias), y.data_ptr(), y.stride(0), _stream(x.device),
+                 _device(x))
+    return y
+
+
 def dense_sparse_supports(x, D, s_values, s_meta) -> Optional[str]:
     return _first(_reason_common(x),
                   _mult("in", x.shape[1], 128, "16-byte loads of the 2:4 values and metadata"),
@@ -241,6 +265,8 @@ def littlebit_mm_popcount(x, u_words, v_words, h, l, g, bias, extra, out=None):
 
 
 _NOTE = "decode kernel (N <= 16), not yet proven on a GPU"
+register_kernel("sparse_mm", "cuda", sparse_mm, proven=False, supports=sparse_supports,
+                note=_NOTE)
 register_kernel("dense_sparse_mm", "cuda", dense_sparse_mm, proven=False,
                 supports=dense_sparse_supports, note=_NOTE)
 register_kernel("sparse_dense_mm", "cuda", sparse_dense_mm, proven=False,
