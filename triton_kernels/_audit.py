@@ -230,10 +230,18 @@ def wide_load_report(lines, marks: dict) -> tuple[int, list]:
     return wide, narrow
 
 
+_MARKS: dict | None = None
+
+
 def _marks():
-    here = os.path.dirname(os.path.abspath(__file__))
-    return _compile.marked_lines([os.path.join(here, f) for f in sorted(os.listdir(here))
-                                  if f.endswith(".py")])
+    """The marked lines of this package's sources, read once (the kernels were compiled from
+    the sources as they were at import)."""
+    global _MARKS
+    if _MARKS is None:
+        here = os.path.dirname(os.path.abspath(__file__))
+        _MARKS = _compile.marked_lines([os.path.join(here, f) for f in sorted(os.listdir(here))
+                                        if f.endswith(".py")])
+    return _MARKS
 
 
 def measure(launch) -> dict:
@@ -271,12 +279,9 @@ TABLE = os.path.join("tests", "triton_audit.json")
 
 
 def entry(item: Item, m: dict) -> dict:
-    meta = {k: v for k, v in item.launch.meta().items()
-            if re.fullmatch(r"B[A-Z0-9]*|G|GV|RV|S_CAP|T_RESIDENT|MODE_R|MID", k)}
     return dict(key=item.key(), op=item.case.op, variant=item.case.variant,
                 shape_class=item.case.shape_class, dtype=item.case.dtype,
-                kernel=item.launch.kernel, index=item.index, config=item.config, meta=meta,
-                **m)
+                kernel=item.launch.kernel, index=item.index, config=item.config, **m)
 
 
 def triton_version() -> str:
@@ -286,11 +291,21 @@ def triton_version() -> str:
 
 
 def write_table(entries: list[dict], refused: list[dict], path: str) -> None:
-    doc = dict(triton=triton_version(), target="sm_90a", shared_limit=_compile.H100_MAX_SHARED,
-               entries=entries, refused=refused)
+    """One JSON document, one entry per line (diffs stay readable)."""
+    head = dict(triton=triton_version(), target="sm_90a", shared_limit=_compile.H100_MAX_SHARED)
+
+    def line(d):
+        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+
     with open(path, "w") as f:
-        json.dump(doc, f, indent=0, sort_keys=True)
-        f.write("\n")
+        f.write("{\n")
+        for k, v in head.items():
+            f.write(f"{json.dumps(k)}: {json.dumps(v)},\n")
+        for name, rows in (("refused", refused), ("entries", entries)):
+            f.write(f"{json.dumps(name)}: [\n")
+            f.write(",\n".join(line(r) for r in rows))
+            f.write("\n]" + ("," if name == "refused" else "") + "\n")
+        f.write("}\n")
 
 
 def read_table(path: str) -> dict:
