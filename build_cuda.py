@@ -7,8 +7,9 @@ What it does, in a custom ``build_ext``:
    entries like "90a", "80", "89"; PTX of the lowest target is embedded for newer GPUs);
 2. links them with the static CUDA runtime into ``factorkern/lib/libfactorkern.so`` (the C API of
    ``csrc/include/factorkern.h``, for other engines; the header is installed beside it);
-3. compiles the pybind11 binding ``csrc/python/bindings.cpp`` with the host compiler and links it
-   with the same objects into ``factorkern._C``.
+3. compiles the pybind11 binding ``csrc/python/bindings.cpp`` (and ``testing.cpp``, the fake CUDA
+   runtime the CPU tests use) with the host compiler and links them with the same objects into
+   ``factorkern._C``.
 No torch headers anywhere: the extension does not depend on torch's C++ ABI, and the build
 environment needs only setuptools and pybind11.
 
@@ -196,6 +197,7 @@ class BuildCudaExt(build_ext):
 
 def cuda_extension():
     """(Extension, cmdclass) for setup.py."""
-    ext = Extension("factorkern._C", sources=[os.path.relpath(
-        os.path.join(CSRC, "python", "bindings.cpp"), HERE)], language="c++")
+    sources = [os.path.relpath(os.path.join(CSRC, "python", f), HERE)
+               for f in ("bindings.cpp", "testing.cpp")]
+    ext = Extension("factorkern._C", sources=sources, language="c++")
     return ext, {"build_ext": BuildCudaExt}

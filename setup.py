@@ -52,6 +52,8 @@ if _want_cuda():
 setup(
     packages=packages,
     package_dir=package_dir,
+    # Verification records made on GPUs we had at hand (docs/dispatch.md).
+    package_data={"factorkern.records": ["*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

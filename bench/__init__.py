@@ -10,6 +10,9 @@ Modules:
     measure    one row: the variants of a case, checking one against the reference and timing it
     report     markdown tables (decode and prefill apart), JSON rows, the speedup plot
     sweep      the command line
+    model      the static performance model of the decode kernels (no GPU: from the SASS;
+               ``python -m bench.model``, docs/perf_model.md)
+    model_triton  the Triton decode kernels compiled for sm_90a, for the model
 
 Nothing here touches a GPU at import time.
 """

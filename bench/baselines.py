@@ -9,7 +9,7 @@
   (``to_sparse_semi_structured``: cuSPARSELt where torch has it, CUTLASS otherwise); CUDA, fp16
   and bf16 only.
 - ``fly-bmm``: Monarch as fly's ``blockdiag_butterfly_multiply`` computes it: bmm, a permute copy,
-  bmm, a permute.
+  bmm, a permute (``factorkern.library.monarch.monarch_bmm``, which the library path also runs).
 
 ``build(name, case, factors, dtype, device, gen)`` returns ``fn(x) -> y`` (its own prepared
 weights bound in), after ``applies(name, op, device, dtype)`` returned None.
@@ -23,11 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from factorkern.formats.blockdiag import blockdiag_apply
+from factorkern.library.monarch import monarch_bmm  # fly's algorithm, also the library path
 
 NAMES = ("dense", "composite", "torch-2:4", "fly-bmm")
 ALIASES = {"torch24": "torch-2:4", "2:4": "torch-2:4", "semi": "torch-2:4", "fly": "fly-bmm",
            "bmm": "fly-bmm", "cublas": "dense", "linear": "dense"}
-_SPARSE_OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm")
+_SPARSE_OPS = ("sparse_mm", "dense_sparse_mm", "sparse_dense_mm", "armor_mm")
 
 
 def applies(name: str, op: str, device, dtype) -> str | None:
@@ -64,20 +65,6 @@ def semi_structured_backend() -> str:
     return "CUTLASS"
 
 
-def monarch_bmm(x, w1, w2, out_features):
-    """fly's bmm algorithm for y = x @ W.T, W the Monarch matrix of w1 (k, q, p), w2 (l, s, r):
-    one bmm per block-diagonal factor with the permutation as a copy between them."""
-    n = x.shape[0]
-    k, q, p = w1.shape
-    l, s, r = w2.shape
-    if x.shape[1] < k * p:
-        x = F.pad(x, (0, k * p - x.shape[1]))
-    t = torch.bmm(x.reshape(n, k, p).transpose(0, 1), w1.transpose(1, 2))      # (k, n, q)
-    t = t.transpose(0, 1).reshape(n, r, l).permute(2, 0, 1).contiguous()       # (l, n, r)
-    u = torch.bmm(t, w2.transpose(1, 2))                                       # (l, n, s)
-    return u.permute(1, 2, 0).reshape(n, s * l)[:, :out_features]
-
-
 def build(name: str, case, factors: dict, dtype, device, gen):
     """fn(x) -> y for baseline ``name`` over one factor set."""
     op = case.op
@@ -100,6 +87,10 @@ def build(name: str, case, factors: dict, dtype, device, gen):
                 S = to_sparse_semi_structured(dense_s)
             else:
                 S = dense_s
+            if op == "sparse_mm":
+                if name == "torch-2:4":  # the semi-structured matmul wants a contiguous operand
+                    return lambda x: F.linear(x.contiguous(), S)
+                return lambda x: F.linear(x, S)
             if op == "dense_sparse_mm":
                 D = factors["D"]
                 return lambda x: F.linear(F.linear(x, S), D)

@@ -96,6 +96,14 @@ def make_cases(op: str, shape: Shape, fs: FactorSizes) -> list[Case]:
     """The cases of one op at one shape (Monarch has one per nblocks setting)."""
     out_f, in_f = shape.out, shape.inp
 
+    if op == "sparse_mm":
+        def build(dtype, device, gen):
+            return {"S": _sparse(out_f, in_f, gen, device, dtype)}
+
+        def call(f, x, backend):
+            return fk.sparse_mm(x, f["S"], backend=backend)
+        return [Case(op, "2:4", shape, {}, build, call)]
+
     if op in ("dense_sparse_mm", "sparse_dense_mm"):
         k = _size(fs.ds_k, in_f, 16)
         if op == "dense_sparse_mm":

@@ -15,8 +15,8 @@ from . import baselines as bl
 from . import cases as cs
 from .timing import time_fn
 
-FK_BACKENDS = ("torch", "triton", "cuda")
-# Relative Frobenius error past which a row is flagged WRONG (DESIGN.md section 6; bf16 has 3
+FK_BACKENDS = ("torch", "triton", "cuda", "cuda_sm90")
+# Relative Frobenius error past which a row is flagged WRONG (docs/index.md; bf16 has 3
 # fewer mantissa bits than fp16, and the composite baselines round every intermediate).
 TOL = {"float16": 1e-2, "bfloat16": 3e-2, "float32": 1e-4}
 # LittleBit's quantized-activation path quantizes x per token to int8: about 5e-3 relative error

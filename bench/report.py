@@ -44,7 +44,8 @@ def _err_cell(r) -> str:
 
 
 def row_cells(r) -> list[str]:
-    return [r["op"], r.get("config", ""), r["shape"], str(r["M"]), r["dtype"], r["backend"],
+    backend = r["backend"] + (" (auto)" if r.get("auto") else "")
+    return [r["op"], r.get("config", ""), r["shape"], str(r["M"]), r["dtype"], backend,
             _ms_cell(r), _fmt(r.get("tflops"), ".3g"), _fmt(r.get("gbps"), ".4g"),
             _fmt(r.get("roofline_pct"), ".1f"), _fmt(r.get("speedup_vs_dense"), ".2f", "x"),
             _fmt(r.get("speedup_vs_best_baseline"), ".2f", "x"),

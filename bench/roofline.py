@@ -29,8 +29,8 @@ import os
 import platform
 from pathlib import Path
 
-OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
-       "lowrank_mm")
+OPS = ("sparse_mm", "dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm",
+       "monarch_mm", "lowrank_mm")
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
 
@@ -43,6 +43,7 @@ def flops(op: str, m: int, out_f: int, in_f: int, **sizes) -> int:
     """Useful FLOPs of one call, x (m, in_f) -> y (m, out_f).
 
     - ``dense`` (F.linear): 2*m*out*in
+    - ``sparse_mm`` (W = S (out, in) 2:4): 2*m*out*in/2
     - ``dense_sparse_mm`` (D (out, k), S (k, in) 2:4), sizes k: 2*m*(k*in/2 + out*k)
     - ``sparse_dense_mm`` (S (out, k) 2:4, D (k, in)), sizes k: 2*m*(k*in + out*k/2)
     - ``armor_mm`` (A blocks of block_a, S (out, in) 2:4, B blocks of block_b), sizes block_a,
@@ -54,6 +55,8 @@ def flops(op: str, m: int, out_f: int, in_f: int, **sizes) -> int:
     """
     if op == "dense":
         return 2 * m * out_f * in_f
+    if op == "sparse_mm":
+        return m * out_f * in_f
     if op == "dense_sparse_mm":
         k = sizes["k"]
         return 2 * m * (k * in_f // 2 + out_f * k)
@@ -82,6 +85,7 @@ def factor_bytes(op: str, out_f: int, in_f: int, dtype_bytes: int, **sizes) -> f
     """Stored bytes of the factors (the weight), at the sizes ``flops`` documents.
 
     - ``dense``: out*in*b
+    - ``sparse_mm``: sparse24(out, in)
     - ``dense_sparse_mm``: out*k*b (D) + sparse24(k, in)
     - ``sparse_dense_mm``: sparse24(out, k) + k*in*b (D)
     - ``armor_mm``: out*block_a*b (A) + sparse24(out, in) + in*block_b*b (B)
@@ -93,6 +97,8 @@ def factor_bytes(op: str, out_f: int, in_f: int, dtype_bytes: int, **sizes) -> f
     b = dtype_bytes
     if op == "dense":
         return out_f * in_f * b
+    if op == "sparse_mm":
+        return sparse24_bytes(out_f, in_f, b)
     if op == "dense_sparse_mm":
         k = sizes["k"]
         return out_f * k * b + sparse24_bytes(k, in_f, b)

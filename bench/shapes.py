@@ -42,7 +42,7 @@ MODELS: dict[str, tuple[Shape, ...]] = {
                   Shape(768, 3072, "bert-base", "down")),
 }
 
-# DESIGN.md section 7: decode (M <= 16, bytes bound) and prefill (compute bound).
+# Decode (M <= 16, bytes bound) and prefill (compute bound).
 M_FULL = (1, 16, 128, 2048, 8192)
 M_QUICK_GPU = (1, 16, 2048)
 M_QUICK_CPU = (1, 16)

@@ -6,8 +6,11 @@ would pick, timed in the same process (run from the repository root).
     python -m bench.sweep --ops monarch_mm --shape 4096x4096 --m 1,2048 --json out.json
     python -m bench.sweep --json bench/results_h100.json --plot bench/speedup_h100.png
 
-Rows: every available factorkern backend (``fk:torch`` = the pure-torch reference with fp32
-accumulation, ``fk:triton``, ``fk:cuda``; unproven kernels are benchmarked too, by name) and the
+Rows: every available factorkern backend (``fk:torch`` = the library path, the fastest composite
+of library calls in the input dtype, ``fk:triton``, ``fk:cuda``, ``fk:cuda_sm90``; unverified
+kernels are benchmarked too, by name; the row ``auto`` takes here is marked "(auto)", see
+``bench.auto``, and on a GPU the kernel rows are added to the device's verification record) and
+the
 baselines of ``bench.baselines`` (dense, composite, torch-2:4, fly-bmm). Columns: median ms
 (L2-cold, see ``bench.timing``) with its 20-80% spread, useful TFLOP/s and minimum-bytes GB/s
 (``bench.roofline``), percent of the roofline floor (ceilings measured once per device and
@@ -39,7 +42,7 @@ ROW_KEYS = ("op", "config", "variant", "shape", "model", "layer", "M", "dtype", 
             "ms", "ms_p20", "ms_p80", "samples", "timer", "rotations", "tflops", "gbps",
             "roofline_pct", "speedup_vs_dense", "speedup_vs_best_baseline", "best_baseline",
             "compression", "flops", "bytes", "factor_bytes", "rel_err", "ok", "error", "note",
-            "device", "peak_tflops", "peak_gbps", "commit", "torch")
+            "device", "peak_tflops", "peak_gbps", "commit", "torch", "auto", "shape_class")
 
 _DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
            "half": "float16", "fp32": "float32", "float32": "float32", "float": "float32"}
@@ -63,10 +66,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.sweep", description=(
         "Benchmark factorkern's ops against dense F.linear and the torch baselines."))
     p.add_argument("--ops", type=_csv, default=None,
-                   help="comma list of ops (default all): dense_sparse_mm, sparse_dense_mm, "
+                   help="comma list of ops (default all): sparse_mm, dense_sparse_mm, sparse_dense_mm, "
                         "armor_mm, littlebit_mm, monarch_mm, lowrank_mm (the _mm may be left out)")
     p.add_argument("--backends", type=_csv, default=None,
-                   help="comma list among torch, triton, cuda (factorkern) and dense, composite, "
+                   help="comma list among torch, triton, cuda, cuda_sm90 (factorkern) and dense, "
+                        "composite, "
                         "torch-2:4, fly-bmm (baselines); default: every available factorkern "
                         "backend (only torch on the CPU) and every baseline; a backend with "
                         "LittleBit's opt-in popcount kernel also gets a <backend>:popcount row")
@@ -119,6 +123,8 @@ def parse_args(argv=None):
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--no-check", action="store_true",
                    help="skip the error check of every row against the float64 reference")
+    t.add_argument("--no-record", action="store_true",
+                   help="do not add the kernel rows to this GPU's verification record")
     pr = p.add_mutually_exclusive_group()
     pr.add_argument("--progress", action="store_true", default=None,
                     help="progress counter on stderr (default: when stderr is a terminal)")
@@ -198,6 +204,7 @@ def _resolve_backends(names, on_gpu):
 def run(args, out=None) -> list[dict]:
     import torch
 
+    from . import auto
     from . import baselines as bl
     from . import cases as cs
     from . import report, roofline
@@ -333,11 +340,15 @@ def run(args, out=None) -> list[dict]:
                         measure.measure(row, case, kind, name, sets, xs, ref, ctx)
                     group.append(row)
                 measure.speedups(group)
+                if sets:
+                    auto.mark(group, case, sets[0], xs[0])
                 rows += group
             del sets
             if on_gpu:
                 torch.cuda.empty_cache()
     progress.close()
+    if on_gpu and not args.no_record:
+        auto.extend_record(rows, measure.TOL, notes)
 
     header = _header(device, commit, peaks_by_dtype, quick, args, notes, info)
     _emit(rows, header, args, out)
@@ -395,8 +406,11 @@ def _header(device, commit, peaks_by_dtype, quick, args, notes, info):
         lines.append(f"- roofline ceilings ({d}): {pk['bandwidth_gbps']:.4g} GB/s copy, "
                      f"{pk['matmul_tflops']:.4g} TFLOP/s matmul "
                      f"({'cached' if pk['cached'] else 'measured now'})")
-    avail = ", ".join(f"{b}: {'yes' if v['available'] else 'no'}" for b, v in info.items())
+    avail = ", ".join(f"{b}: {'yes' if v['available'] else 'no'}" for b, v in info.items()
+                      if b != "auto")
     lines.append(f"- factorkern backends here: {avail}")
+    if "auto" in info:
+        lines.append(f"- auto here: {info['auto']['reason']}")
     timer = "CUDA graph replays over rotating L2-cold input copies (events)" if \
         device.type == "cuda" and not args.no_graph else \
         "CUDA events around eager launches" if device.type == "cuda" else \

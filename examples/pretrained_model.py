@@ -11,8 +11,8 @@ are a few dozen lines below, so neither transformers nor sentence-transformers i
 Run:  python examples/pretrained_model.py [--quick]
 
 For every family the encoder's linear layers are converted with ``fk.nn.convert`` (factors from
-``factorkern.factorize``; the converted model then runs the factorkern ops), except plain 2:4
-pruning, which has no layer of its own and replaces each weight by its pruned copy. Printed: a
+``factorkern.factorize``; the converted model then runs the factorkern ops; plain 2:4 pruning
+becomes ``fk.nn.Sparse24Linear`` layers running ``fk.sparse_mm``). Printed: a
 markdown table with the bytes of the converted weights, bits per weight, the mean relative
 reconstruction error of the layers, their mean relative output error on calibration
 activations, and the cosine similarity of the sentence embeddings to the dense model's on a
@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import factorkern as fk
-from factorkern.factorize import prune_24
 
 # The sentences whose embeddings are compared with the dense model's.
 SENTENCES = [
@@ -346,8 +345,8 @@ def _spec(model, family, how, X=None, pattern="*"):
 # (label, family, factorizer arguments, uses calibration activations); budgets chosen so that
 # every family stores at most about the dense weight's bytes on MiniLM's 384-wide layers.
 METHODS = [
-    ("2:4 pruning (magnitude)", "prune_24", {}, False),
-    ("2:4 pruning (Wanda, calibrated)", "prune_24", {}, True),
+    ("2:4 pruning (magnitude)", "sparse24", {}, False),
+    ("2:4 pruning (Wanda, calibrated)", "sparse24", {}, True),
     ("ARMOR block 32, iters 5", "armor", {"block": 32, "iters": 5}, False),
     ("ARMOR block 32, iters 5, calibrated", "armor", {"block": 32, "iters": 5}, True),
     ("dense x 2:4 (D S), k = 128, iters 5", "dense_sparse", {"k": 128, "iters": 5}, False),
@@ -360,21 +359,6 @@ METHODS = [
     ("LittleBit, r = 192 + residual", "littlebit", {"r": 192}, False),
 ]
 QUICK = ("2:4 pruning (magnitude)", "Monarch, 4 blocks", "low rank, r = 192")
-
-
-def _prune_model(model, X, pattern="*"):
-    """Plain 2:4: replace each matching weight by its pruned copy; report like convert."""
-    rows = []
-    for name, mod in _linears(model, pattern):
-        W = mod.weight.detach()
-        res = prune_24(W, None if X is None else X[name])
-        S = res.factors
-        with torch.no_grad():
-            mod.weight.copy_(S.to_dense())
-        # fp16 values + int16 metadata, as a 2:4 kernel stores them
-        nbytes = S.values.numel() * 2 + S.meta.numel() * 2
-        rows.append((name, W.numel(), nbytes, res.error))
-    return rows
 
 
 @torch.no_grad()
@@ -410,15 +394,10 @@ def evaluate(dense: MiniLM, methods=METHODS, pattern: str = "*", log=print) -> l
         model = copy.deepcopy(dense)
         X = X_cal if calibrated else None
         t0 = time.perf_counter()
-        if family == "prune_24":
-            rows = _prune_model(model, X, pattern)
-            nbytes = sum(r[2] for r in rows)
-            errors = [r[3] for r in rows]
-        else:
-            report = fk.nn.convert(model, _spec(model, family, how, X, pattern),
-                                   verbose=False, strict=True)
-            nbytes = _fp16_bytes(model)
-            errors = [r.error for r in report.layers]
+        report = fk.nn.convert(model, _spec(model, family, how, X, pattern),
+                               verbose=False, strict=True)
+        nbytes = _fp16_bytes(model)
+        errors = [r.error for r in report.layers]
         seconds = time.perf_counter() - t0
         emb = model.embed(SENTENCES)
         cos = (emb * ref).sum(-1)

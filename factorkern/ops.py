@@ -3,8 +3,9 @@ autograd. No math here: validate (errors name the argument), dispatch, call.
 
 Every public op computes ``y = x @ W.T (+ bias)`` like ``F.linear``: x is (..., in), y is
 (..., out) in x's dtype, W (out, in) is never built. The custom op receives x flattened to
-(N, in); the backward runs the reference formulas (torch ops, so on a GPU they are cuBLAS calls)
-whatever backend ran the forward.
+(N, in), the backend string ``dispatch.resolve`` chose (for the library path, the layout key of
+``factorkern.library``) and that backend's prepared layout; the backward runs on the library
+path (``factorkern.library``) whatever backend ran the forward. Users' reference: docs/ops.md.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import torch
 from torch import Tensor
 
 from . import dispatch as _dispatch
-from . import reference as _ref
+from . import layouts as _layouts
+from . import library as _library
 from ._checks import check_bias, check_device, check_format, check_in, check_like, check_x
 from .formats import BlockDiag, LittleBitFactors, MonarchFactors, Sparse24
 
 __all__ = ["dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
-           "lowrank_mm"]
+           "lowrank_mm", "sparse_mm"]
 
 
 def _call(op: str, x: Tensor, out_features: int, backend: str, fmt_for_layout, *args):
@@ -28,15 +30,71 @@ def _call(op: str, x: Tensor, out_features: int, backend: str, fmt_for_layout, *
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     name = _dispatch.resolve(op, backend, x2, *args[:-1])
-    extra = list(fmt_for_layout.prepare(name)) if (fmt_for_layout is not None
-                                                   and name != "torch") else []
+    if _library.is_library(name):
+        name = _library.layout_key(op, fmt_for_layout)
+    extra = []
+    if fmt_for_layout is not None:
+        if not torch.compiler.is_compiling():
+            # Re-validate the format's index/bit tensors if they changed in place, on every
+            # backend (a storage/version lookup when they did not).
+            fmt_for_layout.check_unchanged()
+        extra = list(_layouts.prepared(fmt_for_layout, name))
     y = getattr(torch.ops.factorkern, op)(x2, *args, name, extra)
     return y.reshape(*lead, out_features)
 
 
-def _none_list(ctx):
-    # register_autograd wants the gradient of a Tensor[] input as a list of the same length.
-    return [None] * ctx.n_extra
+def _flatten(args):
+    """The tensors among a custom op's arguments (tensors, tensor lists, None, ints) and a spec
+    to put the arguments back together."""
+    tensors, spec = [], []
+    for a in args:
+        if isinstance(a, Tensor):
+            spec.append(("tensor",))
+            tensors.append(a)
+        elif isinstance(a, (list, tuple)):
+            spec.append(("list", len(a)))
+            tensors += list(a)
+        else:
+            spec.append(("value", a))
+    return tensors, spec
+
+
+def _unflatten(spec, tensors):
+    out, i = [], 0
+    for s in spec:
+        if s[0] == "tensor":
+            out.append(tensors[i])
+            i += 1
+        elif s[0] == "list":
+            out.append(list(tensors[i:i + s[1]]))
+            i += s[1]
+        else:
+            out.append(s[1])
+    return out
+
+
+def _register_autograd(custom_op, op: str) -> None:
+    """The op's autograd: the library path's backward (``factorkern.library.backward``), given
+    the op's arguments, the forward's layout when the library path ran it, and
+    ``needs_input_grad`` (gradients nobody needs are not computed)."""
+    def setup(ctx, inputs, output):
+        *args, backend, extra = inputs
+        ctx.backend = backend
+        keep = list(extra) if _library.is_library(backend) else []
+        tensors, ctx.spec = _flatten(args)
+        ctx.n_extra, ctx.n_keep = len(extra), len(keep)
+        ctx.save_for_backward(*tensors, *keep)
+
+    def backward(ctx, gy):
+        saved = ctx.saved_tensors
+        n = len(saved) - ctx.n_keep
+        args = _unflatten(ctx.spec, saved[:n])
+        grads = _library.backward(op, ctx.backend)(gy, *args, list(saved[n:]),
+                                                   ctx.needs_input_grad)
+        # register_autograd wants the gradient of a Tensor[] input as a list of the same length.
+        return (*grads, None, [None] * ctx.n_extra)
+
+    custom_op.register_autograd(backward, setup_context=setup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,19 +111,7 @@ def _(x, D, s_values, s_meta, bias, backend, extra):
     return x.new_empty(x.shape[0], D.shape[0])
 
 
-def _ds_setup(ctx, inputs, output):
-    ctx.n_extra = len(inputs[-1])
-    x, D, v, m, bias, _, _ = inputs
-    ctx.save_for_backward(x, D, v, m, bias)
-
-
-def _ds_backward(ctx, gy):
-    x, D, v, m, bias = ctx.saved_tensors
-    dx, dD, dv, db = _ref.dense_sparse_mm_backward(gy, x, D, v, m, bias)
-    return dx, dD, dv, None, db, None, _none_list(ctx)
-
-
-_dense_sparse_mm.register_autograd(_ds_backward, setup_context=_ds_setup)
+_register_autograd(_dense_sparse_mm, "dense_sparse_mm")
 
 
 def dense_sparse_mm(x: Tensor, D: Tensor, S: Sparse24, bias: Optional[Tensor] = None,
@@ -77,7 +123,8 @@ def dense_sparse_mm(x: Tensor, D: Tensor, S: Sparse24, bias: Optional[Tensor] = 
         D: (out, k) dense, x's dtype.
         S: Sparse24 of shape (k, in), 2:4 along in; values in x's dtype.
         bias: optional (out,).
-        backend: "auto" | "torch" | "triton" | "cuda" (see ``factorkern.backends()``).
+        backend: "auto" | "torch" | "triton" | "cuda" | "cuda_sm90" (case-insensitive; see
+            ``factorkern.backends()`` and docs/dispatch.md).
     Returns:
         (..., out) in x's dtype.
     """
@@ -110,19 +157,7 @@ def _(x, s_values, s_meta, D, bias, backend, extra):
     return x.new_empty(x.shape[0], s_values.shape[0])
 
 
-def _sd_setup(ctx, inputs, output):
-    ctx.n_extra = len(inputs[-1])
-    x, v, m, D, bias, _, _ = inputs
-    ctx.save_for_backward(x, v, m, D, bias)
-
-
-def _sd_backward(ctx, gy):
-    x, v, m, D, bias = ctx.saved_tensors
-    dx, dv, dD, db = _ref.sparse_dense_mm_backward(gy, x, v, m, D, bias)
-    return dx, dv, None, dD, db, None, _none_list(ctx)
-
-
-_sparse_dense_mm.register_autograd(_sd_backward, setup_context=_sd_setup)
+_register_autograd(_sparse_dense_mm, "sparse_dense_mm")
 
 
 def sparse_dense_mm(x: Tensor, S: Sparse24, D: Tensor, bias: Optional[Tensor] = None,
@@ -167,19 +202,7 @@ def _(x, a_blocks, s_values, s_meta, b_blocks, bias, backend, extra):
     return x.new_empty(x.shape[0], s_values.shape[0])
 
 
-def _armor_setup(ctx, inputs, output):
-    ctx.n_extra = len(inputs[-1])
-    x, a, v, m, b, bias, _, _ = inputs
-    ctx.save_for_backward(x, a, v, m, b, bias)
-
-
-def _armor_backward(ctx, gy):
-    x, a, v, m, b, bias = ctx.saved_tensors
-    dx, da, dv, dbb, db = _ref.armor_mm_backward(gy, x, a, v, m, b, bias)
-    return dx, da, dv, None, dbb, db, None, _none_list(ctx)
-
-
-_armor_mm.register_autograd(_armor_backward, setup_context=_armor_setup)
+_register_autograd(_armor_mm, "armor_mm")
 
 
 def armor_mm(x: Tensor, A: BlockDiag, S: Sparse24, B: BlockDiag, bias: Optional[Tensor] = None,
@@ -229,26 +252,12 @@ def _(x, u_words, v_words, h, l, g, bias, backend, extra):
     return x.new_empty(x.shape[0], h[0].shape[0])
 
 
-def _lb_setup(ctx, inputs, output):
-    ctx.n_extra = len(inputs[-1])
-    x, uw, vw, h, l, g, bias, _, _ = inputs
-    ctx.nterms = len(uw)
-    ctx.save_for_backward(x, bias, *uw, *vw, *h, *l, *g)
-
-
-def _lb_backward(ctx, gy):
-    n = ctx.nterms
-    x, bias, *rest = ctx.saved_tensors
-    uw, vw, h, l, g = (rest[i * n:(i + 1) * n] for i in range(5))
-    dx, dh, dl, dg, db = _ref.littlebit_mm_backward(gy, x, uw, vw, h, l, g, bias)
-    return dx, [None] * n, [None] * n, dh, dl, dg, db, None, _none_list(ctx)
-
-
-_littlebit_mm.register_autograd(_lb_backward, setup_context=_lb_setup)
+_register_autograd(_littlebit_mm, "littlebit_mm")
 
 
 # The opt-in quantized-activation path (popcount kernels): a separate op, so `auto` on
-# littlebit_mm never changes the numbers. Inference only (no autograd: rounding has no gradient).
+# littlebit_mm never changes the numbers. Inference only: its backward raises an error that says
+# so (rounding has no gradient).
 @torch.library.custom_op("factorkern::littlebit_mm_popcount", mutates_args=())
 def _littlebit_mm_popcount(x: Tensor, u_words: list[Tensor], v_words: list[Tensor],
                            h: list[Tensor], l: list[Tensor], g: list[Tensor],
@@ -260,6 +269,9 @@ def _littlebit_mm_popcount(x: Tensor, u_words: list[Tensor], v_words: list[Tenso
 @_littlebit_mm_popcount.register_fake
 def _(x, u_words, v_words, h, l, g, bias, backend, extra):
     return x.new_empty(x.shape[0], h[0].shape[0])
+
+
+_register_autograd(_littlebit_mm_popcount, "littlebit_mm_popcount")
 
 
 def littlebit_mm(x: Tensor, F: LittleBitFactors, bias: Optional[Tensor] = None,
@@ -276,7 +288,7 @@ def littlebit_mm(x: Tensor, F: LittleBitFactors, bias: Optional[Tensor] = None,
             token to int8 (``factorkern.reference.littlebit_quant`` documents the rounding) and
             so changes the numbers (about 1.3% relative error with Gaussian x and g); runs the op
             ``factorkern::littlebit_mm_popcount`` (backend "torch": its quantized reference,
-            "cuda": the popcount kernel). Inference only: no gradient.
+            "cuda": the popcount kernel). Inference only: its backward raises an error.
     Returns:
         (..., out) in x's dtype.
     """
@@ -308,20 +320,7 @@ def _(x, w1, w2, out_features, bias, backend, extra):
     return x.new_empty(x.shape[0], out_features)
 
 
-def _mon_setup(ctx, inputs, output):
-    ctx.n_extra = len(inputs[-1])
-    x, w1, w2, out_f, bias, _, _ = inputs
-    ctx.out_features = out_f
-    ctx.save_for_backward(x, w1, w2, bias)
-
-
-def _mon_backward(ctx, gy):
-    x, w1, w2, bias = ctx.saved_tensors
-    dx, dw1, dw2, db = _ref.monarch_mm_backward(gy, x, w1, w2, ctx.out_features, bias)
-    return dx, dw1, dw2, None, db, None, _none_list(ctx)
-
-
-_monarch_mm.register_autograd(_mon_backward, setup_context=_mon_setup)
+_register_autograd(_monarch_mm, "monarch_mm")
 
 
 def monarch_mm(x: Tensor, M: MonarchFactors, bias: Optional[Tensor] = None,
@@ -360,19 +359,7 @@ def _(x, U, V, bias, backend, extra):
     return x.new_empty(x.shape[0], U.shape[0])
 
 
-def _lr_setup(ctx, inputs, output):
-    ctx.n_extra = len(inputs[-1])
-    x, U, V, bias, _, _ = inputs
-    ctx.save_for_backward(x, U, V, bias)
-
-
-def _lr_backward(ctx, gy):
-    x, U, V, bias = ctx.saved_tensors
-    dx, dU, dV, db = _ref.lowrank_mm_backward(gy, x, U, V, bias)
-    return dx, dU, dV, db, None, _none_list(ctx)
-
-
-_lowrank_mm.register_autograd(_lr_backward, setup_context=_lr_setup)
+_register_autograd(_lowrank_mm, "lowrank_mm")
 
 
 def lowrank_mm(x: Tensor, U: Tensor, V: Tensor, bias: Optional[Tensor] = None,
@@ -400,3 +387,45 @@ def lowrank_mm(x: Tensor, U: Tensor, V: Tensor, bias: Optional[Tensor] = None,
     check_like(op, "V", V, x)
     check_bias(op, bias, x, U.shape[0])
     return _call(op, x, U.shape[0], backend, None, U, V, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse_mm: W = S (plain 2:4)
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("factorkern::sparse_mm", mutates_args=())
+def _sparse_mm(x: Tensor, s_values: Tensor, s_meta: Tensor, bias: Optional[Tensor], backend: str,
+               extra: list[Tensor]) -> Tensor:
+    return _dispatch.kernel("sparse_mm", backend)(x, s_values, s_meta, bias, extra)
+
+
+@_sparse_mm.register_fake
+def _(x, s_values, s_meta, bias, backend, extra):
+    return x.new_empty(x.shape[0], s_values.shape[0])
+
+
+_register_autograd(_sparse_mm, "sparse_mm")
+
+
+def sparse_mm(x: Tensor, S: Sparse24, bias: Optional[Tensor] = None,
+              backend: str = "auto") -> Tensor:
+    """y = x @ S.T + bias with W = S a plain 2:4 matrix (the baseline of every 2:4 method).
+
+    Args:
+        x: (..., in).
+        S: Sparse24 of shape (out, in), 2:4 along in; values in x's dtype.
+        bias: optional (out,).
+        backend: "auto" | "torch" | "triton" | "cuda" | "cuda_sm90" (case-insensitive; see
+            ``factorkern.backends()`` and docs/dispatch.md).
+    Returns:
+        (..., out) in x's dtype. Gradients flow to x, the kept values S.values (the pattern
+        S.meta stays fixed) and bias.
+    """
+    op = "sparse_mm"
+    check_x(op, x)
+    check_format(op, "S", S, Sparse24)
+    out_f, n_in = S.shape
+    check_in(op, x, n_in, f"S of shape {S.shape}")
+    check_like(op, "S.values", S.values, x)
+    check_device(op, "S.meta", S.meta, x)
+    check_bias(op, bias, x, out_f)
+    return _call(op, x, out_f, backend, S, S.values, S.meta, bias)

@@ -1,6 +1,6 @@
 """Test data shared by every family: how to build random factors of each op for a given
 (out, in), the dense W they represent, and how to call the op. Used by the op, layer and kernel
-tests alike (tests as data, STYLE.md rule 6)."""
+tests alike (tests as data)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ _DENSE = {
     "littlebit_mm": lambda F: F.to_dense(),
     "monarch_mm": lambda M: M.to_dense(),
     "lowrank_mm": lambda U, V: U @ V.T,
+    "sparse_mm": lambda S: S.to_dense(),
 }
 
 
@@ -93,11 +94,15 @@ def make_case(op: str, out_f: int, in_f: int, dtype=torch.float64, seed=0, **siz
         V = _rand(in_f, r, dtype=dtype, gen=g) / math.sqrt(in_f)
         return Case(op, (U, V),
                     lambda x, bias=None, backend="auto": fk.lowrank_mm(x, U, V, bias, backend))
+    if op == "sparse_mm":
+        S = fk.prune_24(_rand(out_f, in_f, dtype=dtype, gen=g) / math.sqrt(in_f / 2))
+        return Case(op, (S,),
+                    lambda x, bias=None, backend="auto": fk.sparse_mm(x, S, bias, backend))
     raise ValueError(op)
 
 
 OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm", "monarch_mm",
-       "lowrank_mm")
+       "lowrank_mm", "sparse_mm")
 
 # (out, in) shapes every op takes: aligned, odd-ish (multiples of 4 where 2:4 needs it; ARMOR's
 # block = gcd), and small-prime-ish where the family allows it.
@@ -108,6 +113,7 @@ SHAPES = {
     "littlebit_mm": [(16, 32), (7, 45), (33, 13)],
     "monarch_mm": [(16, 16), (10, 14), (24, 9)],
     "lowrank_mm": [(16, 32), (7, 13), (1, 5)],
+    "sparse_mm": [(16, 32), (7, 12), (33, 20)],
 }
 
 

@@ -5,6 +5,8 @@ CUDA; run them on the device with ``pytest -m gpu tests/test_cuda_*.py``."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -145,3 +147,81 @@ def test_cuda_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert rel_err(y, _want(ref, x, None)) < TOL
+
+
+def test_popcount_nan_or_inf_in_a_token_row_gives_a_nan_output_row():
+    # Agreed semantics (factorkern.reference.littlebit_quant): a term whose x * g row holds a
+    # NaN or an infinity contributes NaN to that whole output row; the other rows are unchanged.
+    from factorkern.reference import littlebit_quant as qref
+
+    factors, _ = _case("littlebit_mm", 1024, 2048, torch.float16, r=300, nterms=2)
+    F = factors[0]
+    x = torch.randn(6, 2048, device="cuda").half()
+    x[1, 7] = float("nan")
+    x[3, 100] = float("inf")
+    x[4, :] = float("nan")
+    y = _run("littlebit_mm", factors, x, None, quantize_activations=True)
+    bad = torch.tensor([1, 3, 4])
+    good = torch.tensor([0, 2, 5])
+    assert y[bad].isnan().all()
+    assert torch.isfinite(y[good]).all()
+    want = qref.littlebit_mm_popcount(x[good], *F.lists(), None).double()
+    assert rel_err(y[good], want) < 4e-3
+
+
+@pytest.mark.parametrize("op", ["dense_sparse_mm", "sparse_dense_mm", "armor_mm"])
+def test_intermediates_beyond_the_fp16_range_stay_finite(op):
+    # The decode kernels keep intermediates in fp32: the first factor scaled up by a power of two
+    # that puts the first product ~10x above 65504, the last one scaled down by the same, give a
+    # normal output (an fp16 intermediate would be inf).
+    factors, ref = _case(op, 4096, 4096, torch.float16)
+    x = torch.randn(3, 4096, device="cuda").half()
+    if op == "dense_sparse_mm":
+        D, S = factors
+        first = fk.dense_sparse_mm(x.double(), torch.eye(S.shape[0], device="cuda").double(),
+                                   S.to(torch.float64), backend="torch")
+    elif op == "sparse_dense_mm":
+        S, D = factors
+        first = x.double() @ D.double().T
+    else:
+        A, S, B = factors
+        u = x.double() @ B.to_dense().double().T
+        first = torch.cat([u.flatten(), (u @ S.to_dense().double().T).flatten()])
+    up = 2.0 ** math.ceil(math.log2(6.5e5 / float(first.abs().max())))
+    down = 1.0 / up
+    if op == "dense_sparse_mm":
+        f = (D * down, type(S)(S.values * up, S.meta, S.cols))
+        big = S.values * up
+    elif op == "sparse_dense_mm":
+        f = (type(S)(S.values * down, S.meta, S.cols), D * up)
+        big = D * up
+    else:
+        f = (type(A)(A.blocks * down), S, type(B)(B.blocks * up))
+        big = B.blocks * up
+    if not torch.isfinite(big).all():
+        pytest.skip("the scaled factor itself does not fit fp16")
+    y = _run(op, f, x, None)
+    f64 = tuple(t.to(torch.float64) for t in f)
+    want = getattr(fk, op)(x.double(), *f64, None, backend="torch")
+    assert torch.isfinite(y).all() and want.abs().max() < 6e4
+    assert rel_err(y, want) < TOL
+
+
+def test_every_token_bucket_after_another():
+    # The co-resident grid is cached per kernel: a 16-token call after a 1-token call must not
+    # reuse the 1-token kernel's grid (cudaErrorCooperativeLaunchTooLarge).
+    factors, ref = _case("sparse_dense_mm", 4096, 4096, torch.bfloat16)
+    for m in (1, 16, 4, 1, 16):
+        x = torch.randn(m, 4096, device="cuda").bfloat16()
+        assert rel_err(_run("sparse_dense_mm", factors, x, None), _want(ref, x, None)) < TOL
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_tensors_on_another_device_than_the_current_one():
+    factors, ref = _case("dense_sparse_mm", 4096, 4096, torch.float16)
+    f1 = tuple(t.to("cuda:1") for t in factors)
+    x = torch.randn(4, 4096, device="cuda:1").half()
+    with torch.cuda.device(0):
+        y = _run("dense_sparse_mm", f1, x, None)
+    assert y.device == x.device
+    assert rel_err(y.to("cuda:0"), _want(ref, x.to("cuda:0"), None)) < TOL

@@ -43,6 +43,20 @@ def test_sparse_dense_bad_inputs():
         fk.sparse_dense_mm(_x(15), S, D)
 
 
+def test_sparse_mm_bad_inputs():
+    (S,) = make_case("sparse_mm", 8, 16, torch.float32).factors
+    with pytest.raises(ValueError, match=r"x has 12 features.*S of shape \(8, 16\).*in = 16"):
+        fk.sparse_mm(_x(12), S)
+    with pytest.raises(TypeError, match="S must be a Sparse24, got Tensor"):
+        fk.sparse_mm(_x(16), S.to_dense())
+    with pytest.raises(TypeError, match="S.values is torch.float64 but x is torch.float32"):
+        fk.sparse_mm(_x(16), S.to(torch.float64))
+    with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+        fk.sparse_mm(_x(16), S, bias=torch.zeros(9))
+    with pytest.raises(ValueError, match="in_features=30 must be a multiple of 4"):
+        fk.nn.Sparse24Linear(30, 8)
+
+
 def test_armor_bad_inputs():
     A, S, B = make_case("armor_mm", 16, 32, torch.float32, block=8).factors
     fk.armor_mm(_x(32), A, S, B)

@@ -1,4 +1,4 @@
-"""The factor formats, decoded bit by bit on hand-made examples (DESIGN.md section 3)."""
+"""The factor formats, decoded bit by bit on hand-made examples (docs/formats.md)."""
 
 import math
 

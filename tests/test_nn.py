@@ -9,7 +9,7 @@ from torch import nn
 
 import factorkern as fk
 from factorkern.nn import (ArmorLinear, DenseSparseLinear, LittleBitLinear, LowRankLinear,
-                           MonarchLinear, SparseDenseLinear)
+                           MonarchLinear, Sparse24Linear, SparseDenseLinear)
 
 from families import rel_err
 
@@ -19,9 +19,10 @@ LAYERS = [
     lambda i, o, **kw: ArmorLinear(i, o, block=8, **kw),
     lambda i, o, **kw: LittleBitLinear(i, o, r=8, **kw),
     lambda i, o, **kw: MonarchLinear(i, o, nblocks=4, **kw),
+    lambda i, o, **kw: Sparse24Linear(i, o, **kw),
     lambda i, o, **kw: LowRankLinear(i, o, r=8, **kw),
 ]
-IDS = ["dense_sparse", "sparse_dense", "armor", "littlebit", "monarch", "lowrank"]
+IDS = ["dense_sparse", "sparse_dense", "armor", "littlebit", "monarch", "sparse24", "lowrank"]
 
 
 @pytest.mark.parametrize("make", LAYERS, ids=IDS)
@@ -123,7 +124,7 @@ def test_convert_small_model_with_each_family():
     families = {
         "dense_sparse": {"k": 32, "iters": 2}, "sparse_dense": {"k": 32, "iters": 2},
         "armor": {"block": 16, "iters": 2}, "littlebit": {"r": 8}, "monarch": {"nblocks": 4},
-        "lowrank": {"r": 16},
+        "lowrank": {"r": 16}, "sparse24": {},
     }
     for fam, how in families.items():
         m = __import__("copy").deepcopy(model)

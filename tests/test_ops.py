@@ -101,6 +101,9 @@ def _grad_setup(op, out_f, in_f):
     if op == "lowrank_mm":
         U, V = f
         return [U, V], lambda x, U, V, b: fk.lowrank_mm(x, U, V, b)
+    if op == "sparse_mm":
+        (S,) = f
+        return [S.values], lambda x, v, b: fk.sparse_mm(x, S.with_values(v), b)
     raise ValueError(op)
 
 
@@ -154,6 +157,9 @@ def _raw_args(op, out_f, in_f, dtype=torch.float64):
     if op == "lowrank_mm":
         U, V = f
         return (x, U.requires_grad_(), V.requires_grad_(), b, "torch", [])
+    if op == "sparse_mm":
+        (S,) = f
+        return (x, S.values.requires_grad_(), S.meta, b, "torch", [])
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -165,16 +171,18 @@ def test_opcheck(op):
 
 def test_backends_report():
     info = fk.backends()
-    assert set(info) == {"torch", "triton", "cuda"}
-    assert info["torch"]["available"] is True
+    assert set(info) >= {"torch", "triton", "cuda", "cuda_sm90", "auto"}
+    assert info["torch"]["available"] is True and info["auto"]["available"] is True
     for name, v in info.items():
         assert isinstance(v["reason"], str) and v["reason"]
-        if name != "torch":
-            # Every kernel is either proven on a GPU or kept out of auto.
+        if name not in ("torch", "auto"):
+            # Every kernel is either proven by this device's record or kept out of auto.
             assert set(v["ops"].values()) <= {"proven", "unproven"}
+    if not torch.cuda.is_available():
+        assert all("library path" in why for why in info["auto"]["ops"].values())
 
 
-def test_auto_uses_reference_on_cpu(monkeypatch):
+def test_auto_uses_the_library_path_on_cpu(monkeypatch):
     from factorkern import dispatch
 
     case = make_case("lowrank_mm", 8, 12)

@@ -67,7 +67,7 @@ def test_convert_end_to_end(pm, dense):
     assert full["error"] < 1e-5 and full["cos_min"] > 0.9999
     assert full["bits"] == pytest.approx(24.0)  # U, V of rank 384 in fp16
     res = {r["method"]: r for r in pm.evaluate(
-        dense, [("2:4 pruning (magnitude)", "prune_24", {}, False)], log=lambda s: None)}
+        dense, [("2:4 pruning (magnitude)", "sparse24", {}, False)], log=lambda s: None)}
     pruned = res["2:4 pruning (magnitude)"]
     assert pruned["bits"] == pytest.approx(9.0)
     assert 0.2 < pruned["error"] < 0.5

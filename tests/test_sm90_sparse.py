@@ -107,13 +107,22 @@ def test_compiles_sm90a_sparse_hgmma_and_sm80_stub(tmp_path):
 # ---- GPU numerics (H100) ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sm90_lib(tmp_path_factory):
+    """The kernel through factorkern._C when the build has it (sm_90a among the targets), else
+    a shared library compiled here and loaded with ctypes."""
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("needs an sm_90 GPU")
+    try:
+        from factorkern import _C
+        if hasattr(_C, "sm90_sparse_gemm") and _C.sm90_sparse_available():
+            return _C.__file__
+    except ImportError:
+        pass
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc not found")
     so = tmp_path_factory.mktemp("sm90") / "libfk_sm90.so"
     cmd = ["nvcc", "-std=c++17", "-O3", "-shared", "-Xcompiler", "-fPIC", "-o", str(so),
-           str(SRC), "-gencode", "arch=compute_90a,code=sm_90a"]
+           str(SRC), str(ROOT / "csrc" / "common" / "runtime.cu"),
+           "-gencode", "arch=compute_90a,code=sm_90a"]
     subprocess.run(cmd, check=True, timeout=600)
     sm90.load_library(str(so))
     return so
@@ -171,3 +180,28 @@ def test_gpu_chained(sm90_lib, dtype):
     D2 = (torch.randn(out_f, k, device="cuda") / 20).to(dtype)
     y = sm90.dense_sparse_mm(x, D2, S2.values, S2.meta)
     assert _rel(y, ref.dense_sparse_mm(x, D2, S2.values, S2.meta)) < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_fp16_intermediate_bound(sm90_lib):
+    # The fused ARMOR epilogue rounds z = x @ B.T @ S.T to the operands' dtype (README:
+    # "Intermediates in fp16"): in fp16, z below 65504 gives the right answer, z far above gives
+    # inf/NaN; bf16 has the range for both.
+    out_f, in_f, n = 256, 256, 64
+    S = _sparse(out_f, in_f, torch.float32).to("cuda")
+    A = torch.randn(out_f // 128, 128, 128, device="cuda") / 11
+    B = torch.randn(in_f // 128, 128, 128, device="cuda") / 11
+    x = torch.randn(n, in_f, device="cuda")
+    z = (x.double() @ torch.block_diag(*B.double()).T) @ S.to_dense().double().T
+    for target, dtype, finite in ((3e4, torch.float16, True), (1e6, torch.float16, False),
+                                  (1e6, torch.bfloat16, True)):
+        scale = target / float(z.abs().max())
+        Bs = (B * scale).to(dtype)
+        As = (A / scale).to(dtype)
+        Sd = type(S)(S.values.to(dtype), S.meta, S.cols)
+        y = sm90.armor_mm(x.to(dtype), As, Sd.values, Sd.meta, Bs, None,
+                          layout=Sd.prepare("cuda_sm90"))
+        assert bool(torch.isfinite(y).all()) == finite, (target, dtype)
+        if finite:
+            r = ref.armor_mm(x.to(dtype), As, Sd.values, Sd.meta, Bs, None)
+            assert _rel(y, r) < 2e-2

@@ -5,18 +5,23 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "factorkern.h"
 #include "device.cuh"
+#include "runtime.h"
 
 namespace fk {
 
 // Record a message for fk_last_error() and return status (printf-style).
 fk_status fail(fk_status status, const char* fmt, ...);
 
-inline fk_status cuda_fail(cudaError_t e, const char* op, const char* what) {
-  cudaGetLastError();  // clear the (non-sticky) error so the next call starts clean
+// A runtime call of `op` failed with e: record the message, and clear the runtime's record of
+// the error when it is this launcher's own (scope: see ErrorScope in runtime.h).
+inline fk_status cuda_fail(const ErrorScope& scope, cudaError_t e, const char* op,
+                           const char* what) {
+  scope.clear_own();
   return fail(FK_ERROR_CUDA, "%s: %s failed: %s (%s)", op, what, cudaGetErrorString(e),
               cudaGetErrorName(e));
 }
@@ -73,38 +78,52 @@ inline fk_status check_workspace(const char* op, const void* ws, size_t have, si
     if (fk_s_ != FK_SUCCESS) return fk_s_;    \
   } while (0)
 
+// Co-resident CTAs of one kernel on one device (occupancy at kThreads threads x SMs).
+inline cudaError_t sm_count(const void*, int dev, void*, int* sms) {
+  return runtime().device_attribute(sms, cudaDevAttrMultiProcessorCount, dev);
+}
+inline cudaError_t coresident_ctas(const void* kernel, int dev, void*, int* ctas) {
+  const Runtime& rt = runtime();
+  int coop = 0, sms = 0, per_sm = 0;
+  cudaError_t e = rt.device_attribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  if (e != cudaSuccess) return e;
+  if (!coop) return cudaErrorNotSupported;
+  e = rt.device_attribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e != cudaSuccess) return e;
+  e = rt.occupancy(&per_sm, kernel, kThreads, 0);
+  if (e != cudaSuccess) return e;
+  if (per_sm < 1) return cudaErrorInvalidConfiguration;  // does not fit on an SM
+  *ctas = per_sm * sms;
+  return cudaSuccess;
+}
+
 // Launch a persistent cooperative kernel: as many CTAs as the largest stage has work for
-// (warp_items warps), at most what fits on the GPU at once (co-residency is what makes the
-// grid-wide barriers between stages legal). Occupancy is queried once per kernel and device.
+// (warp_items warps), but at least one per SM (a smaller stage then spreads one warp per SM
+// instead of filling a few SMs: work items go to warp slots CTA-minor, see Grid), at most what
+// fits on the GPU at once (co-residency is what makes the grid-wide barriers between stages
+// legal). The co-resident count is queried once per kernel (each token bucket, dtype and op is
+// its own kernel with its own register count) and device.
 template <typename Params>
 fk_status launch_cooperative(void (*kernel)(Params), const Params& params, int64_t warp_items,
                              cudaStream_t stream, const char* op) {
-  constexpr int kMaxDevices = 64;
-  static int cached_ctas[kMaxDevices] = {0};
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return cuda_fail(e, op, "cudaGetDevice");
-  int ctas = dev < kMaxDevices ? cached_ctas[dev] : 0;
-  if (ctas == 0) {
-    int coop = 0, sms = 0, per_sm = 0;
-    e = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
-    if (e != cudaSuccess) return cuda_fail(e, op, "cudaDeviceGetAttribute");
-    if (!coop) return fail(FK_ERROR_UNSUPPORTED, "%s: device %d has no cooperative launch", op, dev);
-    e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    if (e != cudaSuccess) return cuda_fail(e, op, "cudaDeviceGetAttribute");
-    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0);
-    if (e != cudaSuccess) return cuda_fail(e, op, "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-    if (per_sm < 1) return fail(FK_ERROR_CUDA, "%s: the kernel does not fit on an SM", op);
-    ctas = per_sm * sms;
-    if (dev < kMaxDevices) cached_ctas[dev] = ctas;
-  }
+  const ErrorScope scope;
+  const Runtime& rt = runtime();
+  const void* fn = reinterpret_cast<const void*>(kernel);
+  int dev = 0, ctas = 0, sms = 0;
+  cudaError_t e = rt.get_device(&dev);
+  if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaGetDevice");
+  e = cached_fact(fn, dev, Fact::kCoresidentCtas, &ctas, coresident_ctas, nullptr);
+  if (e == cudaErrorNotSupported)
+    return fail(FK_ERROR_UNSUPPORTED, "%s: device %d has no cooperative launch", op, dev);
+  if (e != cudaSuccess) return cuda_fail(scope, e, op, "the occupancy query");
+  e = cached_fact(nullptr, dev, Fact::kSmCount, &sms, sm_count, nullptr);
+  if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaDeviceGetAttribute");
   int64_t want = (warp_items + kWarpsPerCta - 1) / kWarpsPerCta;
-  if (want < 1) want = 1;
+  if (want < sms) want = sms;
   const unsigned grid = static_cast<unsigned>(want < ctas ? want : ctas);
   void* args[] = {const_cast<Params*>(&params)};
-  e = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(grid),
-                                  dim3(kThreads), args, 0, stream);
-  if (e != cudaSuccess) return cuda_fail(e, op, "cudaLaunchCooperativeKernel");
+  e = rt.launch(fn, dim3(grid), dim3(kThreads), args, 0, stream, true);
+  if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaLaunchCooperativeKernel");
   return FK_SUCCESS;
 }
 

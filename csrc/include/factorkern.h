@@ -3,7 +3,7 @@
  * Every op computes y = x @ W.T (+ bias) like F.linear from the factors of W, for a small number
  * of tokens (decode: N <= FK_MAX_TOKENS). x is (N, in) row-major with row stride ldx (elements),
  * y is (N, out) with row stride ldy; all factor tensors are contiguous in the layouts of
- * DESIGN.md section 3 (Sparse24 values/meta, SignBits words, BlockDiag blocks). Pointers are
+ * docs/formats.md (Sparse24 values/meta, SignBits words, BlockDiag blocks). Pointers are
  * device pointers; every call is asynchronous on `stream` and needs a caller-owned device
  * workspace of at least the size the matching *_workspace_size function returns.
  *

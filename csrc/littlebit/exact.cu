@@ -12,7 +12,7 @@ namespace {
 
 template <typename T, int NT>
 __global__ void __launch_bounds__(kThreads, 1) littlebit_exact_kernel(LbParams<T> p) {
-  for (int i = 0; i < p.nterms; ++i) littlebit_stage1_exact<T, NT>(p, p.terms[i]);
+  littlebit_stage1_exact<T, NT>(p);
   cooperative_groups::this_grid().sync();
   littlebit_stage2<T, NT>(p);
 }
@@ -21,8 +21,8 @@ template <typename T>
 fk_status run(const LbParams<T>& p, cudaStream_t stream) {
   return with_token_bucket(p.n, [&](auto nt) {
     constexpr int NT = decltype(nt)::value;
-    return launch_cooperative(littlebit_exact_kernel<T, NT>, p,
-                              littlebit_items(p, RowsPerWarp<NT>::value), stream, "littlebit_mm");
+    return launch_cooperative(littlebit_exact_kernel<T, NT>, p, littlebit_items<NT>(p), stream,
+                              "littlebit_mm");
   });
 }
 

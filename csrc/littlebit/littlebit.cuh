@@ -35,6 +35,7 @@ struct LbParams {
   const T* bias;
   T* y; int64_t ldy;
   int n, in, out, nterms;
+  int max_ldu;  // the largest ldu of the terms (stage 2's lane groups)
   LbTerm<T> terms[FK_MAX_TERMS];
 };
 
@@ -42,57 +43,66 @@ __device__ __forceinline__ uint32_t word_of(const uint4& w, int q) {
   return q == 0 ? w.x : q == 1 ? w.y : q == 2 ? w.z : w.w;
 }
 
-// acc[r][t] += sum over 8 columns of sign(bit) * xs[e]; bits = 8 sign bits of row r.
-template <int kRows>
-__device__ __forceinline__ void sign_accumulate8(float (&acc)[kRows], const uint32_t (&bits)[kRows],
-                                                 const float (&xs)[8]) {
+template <int NT>
+struct SignTile {
+  static constexpr int kRows = tiles::sign_rows(NT);
+  static constexpr int kUnroll = tiles::sign_unroll(NT);  // stage 1: chunks loaded together
+  static constexpr int kQTrips = tiles::sign_q_trips(NT);
+};
+
+// The signs of 8 columns (bits of one byte, bit e = column e, 1 = +1) times the row's multiplier
+// m (1.0f in stage 1, h[o] in stage 2) as floats +-m: the sign bit of m flipped where the sign is
+// -1, built once per row and column (a shift and a LOP3); one FFMA per token then applies it.
+__device__ __forceinline__ void signs8(uint32_t bits, float m, float (&s)[8]) {
+  const uint32_t mb = __float_as_uint(m);
 #pragma unroll
-  for (int r = 0; r < kRows; ++r)
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      // Flip the sign bit of x where the sign bit of W is 0 (-1): one LOP3 + FADD per column.
-      const uint32_t flip = (~bits[r] << (31 - e)) & 0x80000000u;
-      acc[r] += __uint_as_float(__float_as_uint(xs[e]) ^ flip);
-    }
+  for (int e = 0; e < 8; ++e) s[e] = __uint_as_float(mb ^ ((~bits << (31 - e)) & 0x80000000u));
 }
 
-// Dot products of kRows sign rows (words, ldw words per row, C columns, C % 128 == 0) with the
-// N token rows of `in` (optionally scaled per column by `scale`): acc[r][t], partial per lane.
+// The 4 sign words of chunk w4 (columns 128 w4 ..) of kRows rows r0.. (rows past R repeat row
+// R - 1; zeros when w4 is past the row's `chunks`).
+template <int kRows>
+__device__ __forceinline__ void load_words(uint4 (&wv)[kRows], const int32_t* __restrict__ words,
+                                           int64_t ldw, int r0, int R, int w4, int chunks) {
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+    wv[r] = w4 < chunks ? ld_weight16(words + min(r0 + r, R - 1) * ldw + w4 * 4)
+                        : make_uint4(0, 0, 0, 0);
+}
+
+// acc[r][t] += m[r] * sum over the 128 columns c0.. of sign(W[r, c]) * in[t, c] (* scale[c]).
 template <typename In, typename S, bool kScale, int NT, int kRows>
-__device__ __forceinline__ void sign_dot(float (&acc)[kRows][NT], const int32_t* __restrict__ words,
-                                         int64_t ldw, int r0, int R, int C, const In* in,
-                                         int64_t ldin, const S* __restrict__ scale, int n,
-                                         int lane) {
-  for (int w4 = lane; w4 < C / 128; w4 += kWarp) {
-    uint4 wv[kRows];
+__device__ __forceinline__ void sign_chunk(float (&acc)[kRows][NT], const uint4 (&wv)[kRows],
+                                           const float (&m)[kRows], int c0, const In* in,
+                                           int64_t ldin, const S* __restrict__ scale, int n) {
+  constexpr int kTB = NT < kTokenBlock ? NT : kTokenBlock;
+  // The 4 words of the chunk: unrolled only for one token, where the body stays small (with 4
+  // or 16 tokens it would be 10k to 40k instructions, beyond the instruction cache).
+#pragma unroll(SignTile<NT>::kQTrips == 1 ? 4 : 1)
+  for (int q = 0; q < 4; ++q) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) wv[r] = ldg16(words + min(r0 + r, R - 1) * ldw + w4 * 4);
-    // Not unrolled over the 4 words: the body (NT tokens x kRows rows x 8 columns, per byte) is
-    // large already, and unrolling it 4x more only lengthens the build.
-#pragma unroll 1
-    for (int q = 0; q < 4; ++q) {
+    for (int b = 0; b < 4; ++b) {
+      const int c = c0 + q * 32 + b * 8;
+      float sg[kRows][8];
 #pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        const int c = w4 * 128 + q * 32 + b * 8;
-        uint32_t bits[kRows];
+      for (int r = 0; r < kRows; ++r) signs8((word_of(wv[r], q) >> (8 * b)) & 0xffu, m[r], sg[r]);
+      float sc[8];
+      if (kScale) load_act8(scale + c, sc);
 #pragma unroll
-        for (int r = 0; r < kRows; ++r) bits[r] = (word_of(wv[r], q) >> (8 * b)) & 0xffu;
-        float sc[8];
-        if (kScale) load8(scale + c, sc);
+      for (int tb = 0; tb < NT; tb += kTB) {
+        if (tb >= n) break;  // warp-uniform
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
+        for (int t = tb; t < tb + kTB; ++t) {
           float xs[8];
-          load8(in + min(t, n - 1) * ldin + c, xs);
+          load_act8(in + token_row(t, n) * ldin + c, xs);
           if (kScale) {
 #pragma unroll
             for (int e = 0; e < 8; ++e) xs[e] *= sc[e];
           }
-          float part[kRows];
 #pragma unroll
-          for (int r = 0; r < kRows; ++r) part[r] = acc[r][t];
-          sign_accumulate8<kRows>(part, bits, xs);
+          for (int r = 0; r < kRows; ++r)
 #pragma unroll
-          for (int r = 0; r < kRows; ++r) acc[r][t] = part[r];
+            for (int e = 0; e < 8; ++e) acc[r][t] = fmaf(sg[r][e], xs[e], acc[r][t]);
         }
       }
     }
@@ -104,65 +114,120 @@ template <typename T>
 struct ToA {
   float* a; int64_t ld; int rank; int rpad; const T* l;
   __device__ __forceinline__ void operator()(int j, int t, float v) const {
-    if (j < rpad) a[t * ld + j] = j < rank ? to_f<T>(l[j]) * v : 0.f;
+    if (j < rpad) a[t * ld + j] = j < rank ? ld_scale(l + j) * v : 0.f;
   }
 };
 
-// Stage 1, exact path, one term.
+// Stage 1 spreads the rows of all terms over the grid at once: its work items are numbered
+// term-major (term 0's items, then term 1's, ...), so two terms give twice the warps a term alone
+// would (the reduction axis `in` is long, the rows few: r per term).
+template <typename T>
+__device__ __forceinline__ int stage1_term(const LbParams<T>& p, int rows_per_item, int& item) {
+  int i = 0;
+  for (; i < p.nterms - 1; ++i) {
+    const int items_i = (32 * p.terms[i].ldu + rows_per_item - 1) / rows_per_item;
+    if (item < items_i) break;
+    item -= items_i;
+  }
+  return i;
+}
+template <typename T>
+__host__ __device__ __forceinline__ int stage1_rows(const LbParams<T>& p) {
+  int rows = 0;
+  for (int i = 0; i < p.nterms; ++i) rows += 32 * p.terms[i].ldu;
+  return rows;
+}
+template <typename T>
+__host__ __device__ __forceinline__ int stage1_items(const LbParams<T>& p, int rows_per_item) {
+  int items = 0;
+  for (int i = 0; i < p.nterms; ++i)
+    items += (32 * p.terms[i].ldu + rows_per_item - 1) / rows_per_item;
+  return items;
+}
+
+// Stage 1, exact path, all terms: rows j < rpad of V (zeros past rank), reduction over in, the
+// words of kUnroll chunks of each row loaded before the first is used.
 template <typename T, int NT>
-__device__ void littlebit_stage1_exact(const LbParams<T>& p, const LbTerm<T>& tm) {
-  constexpr int kRows = RowsPerWarp<NT>::value;
+__device__ void littlebit_stage1_exact(const LbParams<T>& p) {
+  constexpr int kRows = SignTile<NT>::kRows, kUnroll = SignTile<NT>::kUnroll;
   const Grid grid;
-  const int rpad = 32 * tm.ldu;
-  const int items = (rpad + kRows - 1) / kRows;
-  const ToA<T> epi{tm.a, rpad, tm.rank, rpad, tm.l};
-  for (int item = grid.warp; item < items; item += grid.nwarps) {
-    const int r0 = item * kRows;
+  const int chunks = p.in / 128;
+  const RowGroups rg(chunks, stage1_rows(p), kRows);
+  const int rows_per_item = rg.groups * kRows;
+  const int items = stage1_items(p, rows_per_item);
+  for (int it = grid.warp; it < items; it += grid.nwarps) {
+    int item = it;
+    const LbTerm<T>& tm = p.terms[stage1_term(p, rows_per_item, item)];
+    const int r0 = item * rows_per_item + rg.grp * kRows;
+    const int rpad = 32 * tm.ldu;
     float acc[kRows][NT];
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
       for (int t = 0; t < NT; ++t) acc[r][t] = 0.f;
-    if (r0 < tm.rank)
-      sign_dot<T, T, true, NT, kRows>(acc, tm.v, p.in / 32, r0, tm.rank, p.in, p.x, p.ldx, tm.g,
-                                      p.n, grid.lane);
-    warp_reduce_store<kRows, NT>(acc, epi, r0, p.n, grid.lane);
+    if (r0 < tm.rank) {  // group-uniform; the padding rows only store zeros
+      float one[kRows];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) one[r] = 1.f;
+      for (int w0 = rg.li; w0 < chunks; w0 += rg.L * kUnroll) {
+        uint4 wv[kUnroll][kRows];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+          load_words(wv[u], tm.v, p.in / 32, r0, tm.rank, w0 + u * rg.L, chunks);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int w4 = w0 + u * rg.L;
+          if (w4 >= chunks) break;  // only at the tail of the row
+          sign_chunk<T, T, true, NT, kRows>(acc, wv[u], one, w4 * 128, p.x, p.ldx, tm.g, p.n);
+        }
+      }
+    }
+    group_reduce_store<kRows, NT>(acc, ToA<T>{tm.a, rpad, tm.rank, rpad, tm.l}, r0, p.n, rg);
   }
 }
 
-// Stage 2 (both paths): y = sum_t h_t * (a_t @ sign(U_t).T) + bias. Each lane scales its partial
-// sums by h_t[o] before adding the terms, so one warp reduction serves all terms.
+// Stage 2 (both paths): y = sum_t h_t * (a_t @ sign(U_t).T) + bias. The reduction axis rpad is
+// short (a few chunks per row; the lane groups make a lane hold one or two chunks of a row), so
+// the loop runs over the terms: the chunk of the next term is loaded before the current one is
+// used, and the terms' loads overlap instead of paying one memory latency each. Each lane scales
+// the signs of row o by h_t[o] (signs8), so the terms add into one sum per row and token and one
+// group reduction serves all terms.
 template <typename T, int NT>
 __device__ void littlebit_stage2(const LbParams<T>& p) {
-  constexpr int kRows = RowsPerWarp<NT>::value;
+  constexpr int kRows = SignTile<NT>::kRows;
   const Grid grid;
-  const int items = (p.out + kRows - 1) / kRows;
+  const int max_chunks = p.max_ldu / 4;
+  const RowGroups rg(max_chunks, p.out, kRows);
+  const int rows_per_item = rg.groups * kRows;
+  const int items = (p.out + rows_per_item - 1) / rows_per_item;
   for (int item = grid.warp; item < items; item += grid.nwarps) {
-    const int r0 = item * kRows;
+    const int r0 = item * rows_per_item + rg.grp * kRows;
     float total[kRows][NT];
 #pragma unroll
     for (int r = 0; r < kRows; ++r)
 #pragma unroll
       for (int t = 0; t < NT; ++t) total[r][t] = 0.f;
-    for (int i = 0; i < p.nterms; ++i) {
-      const LbTerm<T>& tm = p.terms[i];
-      const int rpad = 32 * tm.ldu;
-      float acc[kRows][NT];
+    for (int w4 = rg.li; w4 - rg.li < max_chunks; w4 += rg.L) {  // passes: at most 2
+      uint4 next[kRows];
+      load_words(next, p.terms[0].u, p.terms[0].ldu, r0, p.out, w4, p.terms[0].ldu / 4);
+      for (int i = 0; i < p.nterms; ++i) {
+        const LbTerm<T>& tm = p.terms[i];
+        uint4 wv[kRows];
 #pragma unroll
-      for (int r = 0; r < kRows; ++r)
+        for (int r = 0; r < kRows; ++r) wv[r] = next[r];
+        if (i + 1 < p.nterms)
+          load_words(next, p.terms[i + 1].u, p.terms[i + 1].ldu, r0, p.out, w4,
+                     p.terms[i + 1].ldu / 4);
+        if (w4 >= tm.ldu / 4) continue;  // this term's rows are shorter
+        float hv[kRows];
 #pragma unroll
-        for (int t = 0; t < NT; ++t) acc[r][t] = 0.f;
-      sign_dot<float, float, false, NT, kRows>(acc, tm.u, tm.ldu, r0, p.out, rpad, tm.a, rpad,
-                                               nullptr, p.n, grid.lane);
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const float hv = to_f<T>(tm.h[min(r0 + r, p.out - 1)]);
-#pragma unroll
-        for (int t = 0; t < NT; ++t) total[r][t] = fmaf(hv, acc[r][t], total[r][t]);
+        for (int r = 0; r < kRows; ++r) hv[r] = ld_scale(tm.h + min(r0 + r, p.out - 1));
+        sign_chunk<float, float, false, NT, kRows>(total, wv, hv, w4 * 128, tm.a, 32 * tm.ldu,
+                                                   static_cast<const float*>(nullptr), p.n);
       }
     }
-    ToOutput<T> epi{p.y, p.ldy, p.bias, p.out};
-    warp_reduce_store<kRows, NT>(total, epi, r0, p.n, grid.lane);
+    const ToOutput<T> epi{p.y, p.ldy, p.bias, p.out};
+    group_reduce_store<kRows, NT>(total, epi, r0, p.n, rg);
   }
 }
 
@@ -217,22 +282,26 @@ fk_status littlebit_params(const char* op, fk_dtype dtype, int64_t n, int64_t in
   *p = LbParams<T>{};
   p->x = (const T*)x; p->ldx = ldx; p->bias = (const T*)bias; p->y = (T*)y; p->ldy = ldy;
   p->n = (int)n; p->in = (int)in; p->out = (int)out; p->nterms = nterms;
+  p->max_ldu = 0;
   for (int i = 0; i < nterms; ++i) {
     const fk_littlebit_term& t = terms[i];
     p->terms[i] = LbTerm<T>{t.u_words, t.v_words, (const T*)t.h, (const T*)t.l, (const T*)t.g,
                             (int)t.rank, (int)t.ldu, (float*)(ws + offsets[4 * i]),
                             (uint32_t*)(ws + offsets[4 * i + 1]), (int*)(ws + offsets[4 * i + 2]),
                             (float*)(ws + offsets[4 * i + 3])};
+    p->max_ldu = p->max_ldu > (int)t.ldu ? p->max_ldu : (int)t.ldu;
   }
   return FK_SUCCESS;
 }
 
-// Warp items of the largest stage (sizes the persistent grid).
-template <typename T>
-int64_t littlebit_items(const LbParams<T>& p, int rows_per_warp) {
-  int64_t rows = p.out;
-  for (int i = 0; i < p.nterms; ++i) rows = rows > 32 * p.terms[i].ldu ? rows : 32 * p.terms[i].ldu;
-  return (rows + rows_per_warp - 1) / rows_per_warp;
+// Warp items of the largest stage (sizes the persistent grid; must match the device loops).
+template <int NT, typename T>
+int64_t littlebit_items(const LbParams<T>& p, int stage1_k_rows = SignTile<NT>::kRows) {
+  const int64_t items = stage_items(p.out, p.max_ldu / 4, SignTile<NT>::kRows);
+  // Stage 1: the items of all terms together, lane groups as the device picks them.
+  const int lanes = lanes_per_row(p.in / 128, stage1_rows(p), stage1_k_rows);
+  const int64_t s1 = stage1_items(p, (32 / lanes) * stage1_k_rows);
+  return items > s1 ? items : s1;
 }
 
 }  // namespace fk

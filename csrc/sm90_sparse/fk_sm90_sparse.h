@@ -23,21 +23,28 @@
 extern "C" {
 #endif
 
+/* Exported from libfactorkern.so (built with -fvisibility=hidden). */
+#if defined(_WIN32)
+#define FK_SM90_API __declspec(dllexport)
+#else
+#define FK_SM90_API __attribute__((visibility("default")))
+#endif
+
 #define FK_SM90_SUCCESS 0
 #define FK_SM90_ERROR_INVALID_VALUE 1
 #define FK_SM90_ERROR_UNSUPPORTED 2
 #define FK_SM90_ERROR_CUDA 3
 
 /* dtype: 0 = float16, 1 = bfloat16 (factorkern.h's fk_dtype). */
-int fk_sm90_sparse_gemm(int dtype, int64_t n, int64_t k, int64_t m, const void* x, int64_t ldx,
-                        const void* a_frag, const uint32_t* e_frag, int64_t kp, const void* bias,
-                        const void* armor, int64_t armor_block, void* y, int64_t ldy,
-                        cudaStream_t stream);
+FK_SM90_API int fk_sm90_sparse_gemm(int dtype, int64_t n, int64_t k, int64_t m, const void* x,
+                                    int64_t ldx, const void* a_frag, const uint32_t* e_frag,
+                                    int64_t kp, const void* bias, const void* armor,
+                                    int64_t armor_block, void* y, int64_t ldy, cudaStream_t stream);
 
 /* 1 when this build holds the sm_90a kernel and the current device can run it, else 0. */
-int fk_sm90_sparse_available(void);
+FK_SM90_API int fk_sm90_sparse_available(void);
 
-const char* fk_sm90_last_error(void);
+FK_SM90_API const char* fk_sm90_last_error(void);
 
 #ifdef __cplusplus
 }

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "../common/runtime.h"
 #include "fk_sm90_sparse.h"
 #include "sm90_sparse_gemm.cuh"
 
@@ -20,49 +21,86 @@ int fail(int status, const char* fmt, ...) {
   return status;
 }
 
-int cuda_fail(cudaError_t e, const char* what) {
-  cudaGetLastError();  // clear a non-sticky error
-  return fail(FK_SM90_ERROR_CUDA, "fk_sm90_sparse_gemm: %s failed: %s", what, cudaGetErrorString(e));
+// The runtime's record of the error is cleared only when it is ours (fk::ErrorScope).
+int cuda_fail(const fk::ErrorScope& scope, cudaError_t e, const char* what) {
+  scope.clear_own();
+  return fail(FK_SM90_ERROR_CUDA, "fk_sm90_sparse_gemm: %s failed: %s (%s)", what,
+              cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
-template <typename T, bool kArmor>
-int check_image() {
+constexpr int kNotSm90a = -1;  // cached "ready" value: the loaded image is not sm_90a
+
+// Once per kernel and device: the image's version, and the shared-memory opt-in.
+cudaError_t prepare_kernel(const void* kernel, int, void*, int* ready) {
+  const fk::Runtime& rt = fk::runtime();
   cudaFuncAttributes attr;
-  cudaError_t e = cudaFuncGetAttributes(&attr, fk_sm90::sparse_gemm_kernel<T, kArmor>);
-  if (e != cudaSuccess) return cuda_fail(e, "cudaFuncGetAttributes");
-  if (attr.binaryVersion != 90)
-    return fail(FK_SM90_ERROR_UNSUPPORTED, "fk_sm90_sparse_gemm: the loaded kernel image is "
-                "sm_%d, not sm_90a (build with -gencode arch=compute_90a,code=sm_90a)",
-                attr.binaryVersion);
+  cudaError_t e = rt.func_attributes(&attr, kernel);
+  if (e != cudaSuccess) return e;
+  if (attr.binaryVersion != 90) {
+    *ready = kNotSm90a - attr.binaryVersion;  // keeps the version for the message
+    return cudaSuccess;
+  }
+  e = rt.func_set_max_dynamic_smem(kernel, fk_sm90::kSmemBytes);
+  if (e != cudaSuccess) return e;
+  *ready = 1;
+  return cudaSuccess;
+}
+
+cudaError_t compute_capability(const void*, int dev, void*, int* cc) {
+  const fk::Runtime& rt = fk::runtime();
+  int major = 0, minor = 0;
+  cudaError_t e = rt.device_attribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (e == cudaSuccess) e = rt.device_attribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  if (e != cudaSuccess) return e;
+  *cc = 10 * major + minor;
+  return cudaSuccess;
+}
+
+// FK_SM90_SUCCESS when the current device is sm_90 (*dev set to it), else the failure.
+int check_device(const fk::ErrorScope& scope, int* dev) {
+  const fk::Runtime& rt = fk::runtime();
+  cudaError_t e = rt.get_device(dev);
+  if (e != cudaSuccess) return cuda_fail(scope, e, "cudaGetDevice");
+  int cc = 0;
+  e = fk::cached_fact(nullptr, *dev, fk::Fact::kComputeCapability, &cc, compute_capability,
+                      nullptr);
+  if (e != cudaSuccess) return cuda_fail(scope, e, "cudaDeviceGetAttribute");
+  if (cc != 90)
+    return fail(FK_SM90_ERROR_UNSUPPORTED, "fk_sm90_sparse_gemm: needs an sm_90 (Hopper) device, "
+                "this is sm_%d", cc);
   return FK_SM90_SUCCESS;
 }
 
-int check_device() {
-  int dev = 0, major = 0, minor = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e != cudaSuccess) return cuda_fail(e, "cudaGetDevice");
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
-  if (major != 9 || minor != 0)
-    return fail(FK_SM90_ERROR_UNSUPPORTED, "fk_sm90_sparse_gemm: needs an sm_90 (Hopper) device, "
-                "this is sm_%d%d", major, minor);
+template <typename T, bool kArmor>
+int check_image(const fk::ErrorScope& scope, int dev) {
+  const void* kernel = reinterpret_cast<const void*>(fk_sm90::sparse_gemm_kernel<T, kArmor>);
+  int ready = 0;
+  const cudaError_t e =
+      fk::cached_fact(kernel, dev, fk::Fact::kSm90Ready, &ready, prepare_kernel, nullptr);
+  if (e != cudaSuccess) return cuda_fail(scope, e, "preparing the kernel");
+  if (ready != 1)
+    return fail(FK_SM90_ERROR_UNSUPPORTED, "fk_sm90_sparse_gemm: the loaded kernel image is "
+                "sm_%d, not sm_90a (build with -gencode arch=compute_90a,code=sm_90a)",
+                kNotSm90a - ready);
   return FK_SM90_SUCCESS;
 }
 
 template <typename T, bool kArmor>
 int launch(const fk_sm90::Params& p, cudaStream_t stream) {
-  int st = check_image<T, kArmor>();
+  const fk::ErrorScope scope;
+  int dev = 0;
+  int st = check_device(scope, &dev);
   if (st != FK_SM90_SUCCESS) return st;
-  auto kernel = fk_sm90::sparse_gemm_kernel<T, kArmor>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                       fk_sm90::kSmemBytes);
-  if (e != cudaSuccess) return cuda_fail(e, "cudaFuncSetAttribute");
-  dim3 grid((p.m + fk_sm90::kBM - 1) / fk_sm90::kBM, (p.n + fk_sm90::kBN - 1) / fk_sm90::kBN);
-  kernel<<<grid, fk_sm90::kThreads, fk_sm90::kSmemBytes, stream>>>(p);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return cuda_fail(e, "kernel launch");
+  st = check_image<T, kArmor>(scope, dev);
+  if (st != FK_SM90_SUCCESS) return st;
+  const void* kernel = reinterpret_cast<const void*>(fk_sm90::sparse_gemm_kernel<T, kArmor>);
+  const dim3 grid((p.m + fk_sm90::kBM - 1) / fk_sm90::kBM, (p.n + fk_sm90::kBN - 1) / fk_sm90::kBN);
+  void* args[] = {const_cast<fk_sm90::Params*>(&p)};
+  const cudaError_t e = fk::runtime().launch(kernel, grid, dim3(fk_sm90::kThreads), args,
+                                             fk_sm90::kSmemBytes, stream, false);
+  if (e != cudaSuccess) return cuda_fail(scope, e, "the kernel launch");
   return FK_SM90_SUCCESS;
 }
 
@@ -71,8 +109,10 @@ int launch(const fk_sm90::Params& p, cudaStream_t stream) {
 extern "C" const char* fk_sm90_last_error(void) { return g_msg; }
 
 extern "C" int fk_sm90_sparse_available(void) {
-  if (check_device() != FK_SM90_SUCCESS) return 0;
-  return check_image<__nv_bfloat16, false>() == FK_SM90_SUCCESS ? 1 : 0;
+  const fk::ErrorScope scope;
+  int dev = 0;
+  if (check_device(scope, &dev) != FK_SM90_SUCCESS) return 0;
+  return check_image<__nv_bfloat16, false>(scope, dev) == FK_SM90_SUCCESS ? 1 : 0;
 }
 
 extern "C" int fk_sm90_sparse_gemm(int dtype, int64_t n, int64_t k, int64_t m, const void* x,
@@ -111,9 +151,6 @@ extern "C" int fk_sm90_sparse_gemm(int dtype, int64_t n, int64_t k, int64_t m, c
     return fail(FK_SM90_ERROR_UNSUPPORTED, "fk_sm90_sparse_gemm: pointers must be 16-byte "
                 "aligned and ldx >= k, ldy >= m multiples of 8 (ldx = %lld, ldy = %lld)",
                 (long long)ldx, (long long)ldy);
-  int st = check_device();
-  if (st != FK_SM90_SUCCESS) return st;
-
   fk_sm90::Params p;
   p.n = (int)n; p.k = (int)k; p.m = (int)m; p.kp = (int)kp;
   p.x = x; p.ldx = ldx; p.a_frag = a_frag; p.e_frag = e_frag; p.bias = bias; p.armor = armor;

@@ -92,6 +92,25 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// Shared memory through 32-bit shared-window addresses and explicit ld/st.shared: the compiler
+// cannot fall back to generic LD/ST (which it did when the aligned base went through uintptr_t).
+__device__ __forceinline__ void sts_u16(uint32_t addr, uint16_t v) {
+  asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(addr), "h"(v) : "memory");
+}
+__device__ __forceinline__ uint4 lds_v4(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(addr)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(addr) : "memory");
+  return v;
+}
+
 // 16-byte cp.async; src-size 0 zero-fills the destination (rows past n, columns past k).
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
@@ -217,7 +236,7 @@ __device__ __forceinline__ uint32_t tile_offset(int n, int m) {
 // Accumulators (2 m64 blocks x 64 fp32 per thread, wgmma D layout: row 16*w + g + 8*v1,
 // token 8*v2 + 2*t + v0 for d[v0 + 2*v1 + 4*v2]) (+ bias) -> T -> shared tile.
 template <typename T>
-__device__ __forceinline__ void acc_to_smem(float (&acc)[2][64], uint8_t* tile, const T* bias,
+__device__ __forceinline__ void acc_to_smem(float (&acc)[2][64], uint32_t tile, const T* bias,
                                             int m0, int m_total) {
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -232,7 +251,8 @@ __device__ __forceinline__ void acc_to_smem(float (&acc)[2][64], uint8_t* tile, 
 #pragma unroll
         for (int v0 = 0; v0 < 2; ++v0) {
           const int n = 8 * v2 + 2 * t + v0;
-          *reinterpret_cast<T*>(tile + tile_offset(n, m)) = to_t<T>(acc[mb][v0 + 2 * v1 + 4 * v2] + b);
+          const T v = to_t<T>(acc[mb][v0 + 2 * v1 + 4 * v2] + b);
+          sts_u16(tile + tile_offset(n, m), *reinterpret_cast<const uint16_t*>(&v));
         }
       }
     }
@@ -241,13 +261,15 @@ __device__ __forceinline__ void acc_to_smem(float (&acc)[2][64], uint8_t* tile, 
 
 template <typename T, bool kArmor>
 __device__ __forceinline__ void sparse_gemm_body(const Params& p) {
-  extern __shared__ uint8_t smem_raw[];
-  // Swizzle atoms must sit on 1024-byte boundaries (descriptor base offset 0).
-  uint8_t* smem = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) &
-                                             ~static_cast<uintptr_t>(1023));
-  uint8_t* smem_b = smem;                                   // kStages x 16 KB, x tiles
-  uint8_t* smem_a = smem_b + kStages * kBStageBytes;        // kStages x 8 KB, S fragments
-  uint8_t* smem_e = smem_a + kStages * kAStageBytes;        // kStages x 1 KB, metadata
+  extern __shared__ __align__(1024) uint8_t smem_raw[];
+  // Swizzle atoms must sit on 1024-byte boundaries (descriptor base offset 0). All shared
+  // addresses below are 32-bit shared-window addresses (smem_u32), used by PTX that names the
+  // shared state space: LDS/STS in the SASS, never generic LD/ST.
+  const uint32_t raw = smem_u32(smem_raw);
+  const uint32_t smem = (raw + 1023u) & ~1023u;
+  const uint32_t smem_b = smem;                              // kStages x 16 KB, x tiles
+  const uint32_t smem_a = smem_b + kStages * kBStageBytes;   // kStages x 8 KB, S fragments
+  const uint32_t smem_e = smem_a + kStages * kAStageBytes;   // kStages x 1 KB, metadata
 
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
   const int m_tile = blockIdx.x, n0 = blockIdx.y * kBN, m0 = m_tile * kBM;
@@ -258,7 +280,7 @@ __device__ __forceinline__ void sparse_gemm_body(const Params& p) {
 
   // ---- producer: one k-tile of S fragments, metadata and x into stage s (all threads) --------
   auto load_tile = [&](int kt, int s) {
-    const uint32_t a_s = smem_u32(smem_a + s * kAStageBytes);
+    const uint32_t a_s = smem_a + s * kAStageBytes;
 #pragma unroll
     for (int i = tid; i < 512; i += kThreads) {  // 2 m64 blocks x 4 KB (2 k32 slabs), contiguous
       const int mb = i >> 8, off = (i & 255) << 4;
@@ -268,9 +290,9 @@ __device__ __forceinline__ void sparse_gemm_body(const Params& p) {
     if (tid < 64) {  // 2 m64 blocks x 512 B of metadata
       const int mb = tid >> 5, off = (tid & 31) << 4;
       const uint8_t* src = e_g + ((size_t)(2 * m_tile + mb) * ksteps + 2 * kt) * kEStepBytes + off;
-      cp_async16(smem_u32(smem_e + s * kEStageBytes) + mb * 2 * kEStepBytes + off, src, true);
+      cp_async16(smem_e + s * kEStageBytes + mb * 2 * kEStepBytes + off, src, true);
     }
-    const uint32_t b_s = smem_u32(smem_b + s * kBStageBytes);
+    const uint32_t b_s = smem_b + s * kBStageBytes;
 #pragma unroll
     for (int i = tid; i < kBN * 8; i += kThreads) {  // 128 rows x 8 chunks of 16 B, swizzled
       const int r = i >> 3, c = i & 7, n = n0 + r, kk = kt * kBK + c * 8;
@@ -306,19 +328,18 @@ __device__ __forceinline__ void sparse_gemm_body(const Params& p) {
     cp_async_commit();             // always commit (possibly empty) so group counting stays exact
 
     const int s = kt % kStages;
-    const uint8_t* a_s = smem_a + s * kAStageBytes;
-    const uint32_t* e_s = reinterpret_cast<const uint32_t*>(smem_e + s * kEStageBytes);
+    const uint32_t a_s = smem_a + s * kAStageBytes;
+    const uint32_t e_s = smem_e + s * kEStageBytes;
     uint32_t af[2][2][4], ef[2][2];
 #pragma unroll
     for (int mb = 0; mb < 2; ++mb)
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const uint4 v =
-            *reinterpret_cast<const uint4*>(a_s + (mb * 2 + j) * kAStepBytes + tid * 16);
+        const uint4 v = lds_v4(a_s + (mb * 2 + j) * kAStepBytes + tid * 16);
         af[mb][j][0] = v.x; af[mb][j][1] = v.y; af[mb][j][2] = v.z; af[mb][j][3] = v.w;
-        ef[mb][j] = e_s[(mb * 2 + j) * 64 + e_idx];
+        ef[mb][j] = lds_u32(e_s + 4 * ((mb * 2 + j) * 64 + e_idx));
       }
-    const uint32_t b_s = smem_u32(smem_b + s * kBStageBytes);
+    const uint32_t b_s = smem_b + s * kBStageBytes;
     wgmma_fence();
 #pragma unroll
     for (int j = 0; j < 2; ++j)
@@ -351,7 +372,7 @@ __device__ __forceinline__ void sparse_gemm_body(const Params& p) {
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with the ring: stages 0-1 of smem_b become the tile
 
-  uint8_t* tile = smem_b;  // 2 panels x 16 KB
+  const uint32_t tile = smem_b;  // 2 panels x 16 KB
   const T* bias = static_cast<const T*>(p.bias);
 
   if constexpr (kArmor) {
@@ -360,7 +381,7 @@ __device__ __forceinline__ void sparse_gemm_body(const Params& p) {
     fence_proxy_async();
     __syncthreads();
     const uint4* a_blk = static_cast<const uint4*>(p.armor) + (size_t)m_tile * 2 * 8 * kThreads;
-    const uint32_t z_s = smem_u32(tile);
+    const uint32_t z_s = tile;
 #pragma unroll
     for (int mh = 0; mh < 2; ++mh) {
 #pragma unroll
@@ -400,7 +421,7 @@ __device__ __forceinline__ void sparse_gemm_body(const Params& p) {
   for (int i = tid; i < kBN * 16; i += kThreads) {
     const int n = i >> 4, c = i & 15, m = 8 * c;
     if (n0 + n < p.n && m0 + m < p.m) {
-      const uint4 v = *reinterpret_cast<const uint4*>(tile + tile_offset(n, m));
+      const uint4 v = lds_v4(tile + tile_offset(n, m));
       *reinterpret_cast<uint4*>(y + (size_t)(n0 + n) * p.ldy + m0 + m) = v;
     }
   }

@@ -46,8 +46,9 @@ template <typename T>
 fk_status run(const ArmorParams<T>& p, cudaStream_t stream) {
   return with_token_bucket(p.n, [&](auto nt) {
     constexpr int NT = decltype(nt)::value;
-    constexpr int kRows = RowsPerWarp<NT>::value;
-    const int64_t items = (std::max(p.in, p.out) + kRows - 1) / kRows;
+    const int64_t items = std::max({dense_items<NT>(p.in, p.block_b),
+                                    sparse24_items<NT>(p.out, p.in),
+                                    dense_items<NT>(p.out, p.block_a)});
     return launch_cooperative(armor_kernel<T, NT>, p, items, stream, "armor_mm");
   });
 }

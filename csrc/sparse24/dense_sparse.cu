@@ -37,8 +37,7 @@ template <typename T>
 fk_status run(const DenseSparseParams<T>& p, cudaStream_t stream) {
   return with_token_bucket(p.n, [&](auto nt) {
     constexpr int NT = decltype(nt)::value;
-    constexpr int kRows = RowsPerWarp<NT>::value;
-    const int64_t items = (std::max(p.k, p.out) + kRows - 1) / kRows;
+    const int64_t items = std::max(sparse24_items<NT>(p.k, p.in), dense_items<NT>(p.out, p.k));
     return launch_cooperative(dense_sparse_kernel<T, NT>, p, items, stream, "dense_sparse_mm");
   });
 }

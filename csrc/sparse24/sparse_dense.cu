@@ -35,8 +35,7 @@ template <typename T>
 fk_status run(const SparseDenseParams<T>& p, cudaStream_t stream) {
   return with_token_bucket(p.n, [&](auto nt) {
     constexpr int NT = decltype(nt)::value;
-    constexpr int kRows = RowsPerWarp<NT>::value;
-    const int64_t items = (std::max(p.k, p.out) + kRows - 1) / kRows;
+    const int64_t items = std::max(dense_items<NT>(p.k, p.in), sparse24_items<NT>(p.out, p.k));
     return launch_cooperative(sparse_dense_kernel<T, NT>, p, items, stream, "sparse_dense_mm");
   });
 }

@@ -2,9 +2,10 @@
 
 Importing this module imports ``factorkern._C`` (an ImportError is recorded by the dispatcher as
 "extension not built") and registers the kernels with ``factorkern.dispatch``. Nothing here
-touches the GPU at import time. The glue passes ``data_ptr()`` integers, sizes, strides and
-``torch.cuda.current_stream().cuda_stream`` to ``_C``; the C side checks everything again and a
-failing call raises RuntimeError with its message.
+touches the GPU at import time. The glue passes ``data_ptr()`` integers, sizes, strides,
+``torch.cuda.current_stream(x.device).cuda_stream`` and x's device index to ``_C``, which makes
+that device current for the launch (restored after) and releases the GIL while it runs; the C side
+checks everything again and a failing call raises RuntimeError with its message.
 
 What the kernels take (``supports`` gives the reason otherwise, and ``auto`` falls back):
 - CUDA tensors, float16 or bfloat16, N <= 16 tokens (decode kernels; prefill goes to Triton or
@@ -77,11 +78,20 @@ def _output(x, out_features, out):
 
 
 def _workspace(nbytes: int, device) -> torch.Tensor:
-    return torch.empty(max(int(nbytes), 1), dtype=torch.uint8, device=device)
+    """nbytes of device memory starting on a 256-byte boundary (torch's CUDA allocator gives
+    that already; sliced here so the kernels never depend on it)."""
+    buf = torch.empty(max(int(nbytes), 1) + 255, dtype=torch.uint8, device=device)
+    return buf[(-buf.data_ptr()) % 256:]
 
 
 def _stream(device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
+
+
+def _device(x) -> int:
+    """The device _C makes current for the launch (x may be on another device than the current
+    one); -1 leaves the current device."""
+    return -1 if x.device.index is None else x.device.index
 
 
 # --- 2:4 family ----------------------------------------------------------------------------------
@@ -106,7 +116,8 @@ def dense_sparse_mm(x, D, s_values, s_meta, bias, extra, out=None):
     ws = _workspace(ws_bytes, x.device)
     _C.dense_sparse_mm(_DTYPES[x.dtype], n, n_in, k, n_out, x.data_ptr(), x.stride(0),
                        D.data_ptr(), s_values.data_ptr(), s_meta.data_ptr(), _ptr(bias),
-                       y.data_ptr(), y.stride(0), ws.data_ptr(), ws_bytes, _stream(x.device))
+                       y.data_ptr(), y.stride(0), ws.data_ptr(), ws_bytes, _stream(x.device),
+                       _device(x))
     return y
 
 
@@ -132,7 +143,8 @@ def sparse_dense_mm(x, s_values, s_meta, D, bias, extra, out=None):
     ws = _workspace(ws_bytes, x.device)
     _C.sparse_dense_mm(_DTYPES[x.dtype], n, n_in, k, n_out, x.data_ptr(), x.stride(0),
                        s_values.data_ptr(), s_meta.data_ptr(), D.data_ptr(), _ptr(bias),
-                       y.data_ptr(), y.stride(0), ws.data_ptr(), ws_bytes, _stream(x.device))
+                       y.data_ptr(), y.stride(0), ws.data_ptr(), ws_bytes, _stream(x.device),
+                       _device(x))
     return y
 
 
@@ -160,7 +172,7 @@ def armor_mm(x, a_blocks, s_values, s_meta, b_blocks, bias, extra, out=None):
     _C.armor_mm(_DTYPES[x.dtype], n, n_in, n_out, x.data_ptr(), x.stride(0), a_blocks.data_ptr(),
                 a_blocks.shape[-1], s_values.data_ptr(), s_meta.data_ptr(), b_blocks.data_ptr(),
                 b_blocks.shape[-1], _ptr(bias), y.data_ptr(), y.stride(0), ws.data_ptr(),
-                ws_bytes, _stream(x.device))
+                ws_bytes, _stream(x.device), _device(x))
     return y
 
 
@@ -213,7 +225,7 @@ def _littlebit(x, u_words, v_words, h, l, g, bias, extra, out, popcount):
     ws = _workspace(ws_bytes, x.device)
     _C.littlebit_mm(_DTYPES[x.dtype], n, n_in, n_out, x.data_ptr(), x.stride(0), terms,
                     _ptr(bias), y.data_ptr(), y.stride(0), ws.data_ptr(), ws_bytes,
-                    _stream(x.device), popcount)
+                    _stream(x.device), popcount, _device(x))
     return y
 
 

@@ -1,4 +1,4 @@
-"""Factorizers: get a family's factors from a dense W (out, in) (DESIGN.md sections 2-4).
+"""Factorizers: get a family's factors from a dense W (out, in) (docs/factorize.md).
 
 Every function takes W in any float dtype, computes in float32 (float64 for a float64 W) on W's
 device, and returns a :class:`Factorization` (factors in W's dtype and device, the relative

@@ -128,19 +128,23 @@ def _b_step(W, A, S, B, metric):
     return B
 
 
-def armor(W: torch.Tensor, block: int = 128, X: torch.Tensor | None = None,
+def armor(W: torch.Tensor, block: int | tuple[int, int] = 128, X: torch.Tensor | None = None,
           iters: int = 20) -> Factorization:
     """ARMOR factors of W (out, in): A BlockDiag (out, out), S Sparse24 (out, in), B BlockDiag
     (in, in), W ~ A @ S @ B, with square blocks of size ``block`` (dividing out and in;
-    in % 4 == 0). X (N, in): calibration activations weighting the fit (and Wanda scores for the
-    initial pattern). ``iters`` >= 0 block-coordinate descent sweeps.
+    in % 4 == 0), or ``block=(bA, bB)``: blocks of size bA for A (dividing out) and bB for B
+    (dividing in), as ARMOR's reference code allows. X (N, in): calibration activations
+    weighting the fit (and Wanda scores for the initial pattern). ``iters`` >= 0
+    block-coordinate descent sweeps.
 
     Returns Factorization(factors=(A, S, B) in W's dtype, error, output_error given X).
     """
     check_weight(W)
     out_f, in_f = W.shape
-    check_positive_int("block", block)
-    if out_f % block or in_f % block:
+    block_a, block_b = (block, block) if not isinstance(block, (tuple, list)) else tuple(block)
+    check_positive_int("block", block_a)
+    check_positive_int("block", block_b)
+    if out_f % block_a or in_f % block_b:
         raise ValueError(f"block={block} must divide both out={out_f} and in={in_f} of W "
                          "(A is (out, out) and B (in, in) in square blocks of that size)")
     if in_f % 4:
@@ -154,9 +158,10 @@ def armor(W: torch.Tensor, block: int = 128, X: torch.Tensor | None = None,
     pattern = _prune_pattern(Wc, wanda_scores(Wc, X))
     S = pattern.to_dense()
     mask = torch.zeros_like(S, dtype=torch.bool).scatter(1, pattern.indices(), True)
-    eye = torch.eye(block, dtype=dt, device=W.device)
-    A = eye.expand(out_f // block, block, block).clone()
-    B = eye.expand(in_f // block, block, block).clone()
+    eye_a = torch.eye(block_a, dtype=dt, device=W.device)
+    eye_b = torch.eye(block_b, dtype=dt, device=W.device)
+    A = eye_a.expand(out_f // block_a, block_a, block_a).clone()
+    B = eye_b.expand(in_f // block_b, block_b, block_b).clone()
     best = (metric.true_error(Wc - S), A, S, B)
     for _ in range(iters):
         S = _s_step(Wc, A, S, B, mask, metric)

@@ -1,4 +1,5 @@
-"""Factor formats: the contract other libraries build on (DESIGN.md section 3)."""
+"""Factor formats: the contract other libraries build on, specified bit for bit in
+docs/formats.md."""
 
 from ._common import register_layout
 from .blockdiag import BlockDiag

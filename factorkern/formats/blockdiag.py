@@ -2,7 +2,7 @@
 
 Block i maps input features [i * in_b, (i + 1) * in_b) to output features
 [i * out_b, (i + 1) * out_b) nn.Linear-style: ``y_i = x_i @ blocks[i].T``. The full matrix is
-(nblocks * out_b, nblocks * in_b) = ``torch.block_diag(*blocks)``.
+(nblocks * out_b, nblocks * in_b) = ``torch.block_diag(*blocks)``. See docs/formats.md.
 """
 
 from __future__ import annotations
@@ -64,12 +64,11 @@ class BlockDiag(FormatBase):
     def device(self):
         return self.blocks.device
 
-    def validate(self) -> "BlockDiag":
+    def _validate(self) -> None:
         check_float("blocks", self.blocks)
         if self.blocks.dim() != 3 or self.blocks.numel() == 0:
             raise ValueError(f"BlockDiag blocks must be a non-empty (nblocks, out_b, in_b) tensor, "
                              f"got shape {tuple(self.blocks.shape)}")
-        return self
 
     @classmethod
     def from_dense(cls, W: torch.Tensor, nblocks: int) -> "BlockDiag":

@@ -12,7 +12,7 @@ out_ext = l * s. y = x @ W.T is (fly's ``blockdiag_butterfly_multiply``, version
 
 ``in_features``/``out_features`` smaller than k * p / l * s mean fly's StructuredLinear padding
 (x zero-padded, output truncated). fly's MonarchLinear(nblocks) checkpoints (blkdiag1 = w1,
-blkdiag2 = w2) load unchanged.
+blkdiag2 = w2) load unchanged. Specified in docs/formats.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ._common import FormatBase, check_float
+from ._common import FormatBase, as_int, check_float
 from .blockdiag import blockdiag_apply
 
 
@@ -40,6 +40,14 @@ def monarch_apply(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     return y[:, :out_features]
 
 
+def _check_factor(name: str, w, what: str) -> None:
+    check_float(name, w)
+    if w.dim() != 3 or w.numel() == 0:
+        raise ValueError(f"MonarchFactors {name} must be a non-empty 3-D tensor {what}, got shape "
+                         f"{tuple(w.shape)} (a dense matrix is factorized by "
+                         f"factorkern.factorize.monarch)")
+
+
 class MonarchFactors(FormatBase):
     """Monarch factors ``w1`` (k, q, p) and ``w2`` (l, s, r) of W (out_features, in_features)."""
 
@@ -49,10 +57,13 @@ class MonarchFactors(FormatBase):
     def __init__(self, w1: torch.Tensor, w2: torch.Tensor, in_features: int | None = None,
                  out_features: int | None = None, *, check: bool = True):
         self.w1, self.w2 = w1, w2
-        self.in_features = int(in_features) if in_features is not None else int(
-            w1.shape[0] * w1.shape[2])
-        self.out_features = int(out_features) if out_features is not None else int(
-            w2.shape[0] * w2.shape[1])
+        if check:
+            _check_factor("w1", w1, "(k, q, p): k blocks of shape (q, p), k * p >= in_features")
+            _check_factor("w2", w2, "(l, s, r): l blocks of shape (s, r), l * r = k * q")
+        self.in_features = as_int("MonarchFactors in_features", in_features) \
+            if in_features is not None else int(w1.shape[0] * w1.shape[2])
+        self.out_features = as_int("MonarchFactors out_features", out_features) \
+            if out_features is not None else int(w2.shape[0] * w2.shape[1])
         super().__init__()
         if check:
             self.validate()
@@ -73,13 +84,9 @@ class MonarchFactors(FormatBase):
     def nblocks(self) -> int:
         return int(self.w1.shape[0])
 
-    def validate(self) -> "MonarchFactors":
-        check_float("w1", self.w1)
-        check_float("w2", self.w2)
-        if self.w1.dim() != 3 or self.w2.dim() != 3 or self.w1.numel() == 0 \
-                or self.w2.numel() == 0:
-            raise ValueError(f"Monarch w1 (k, q, p) and w2 (l, s, r) must be non-empty 3-D, got "
-                             f"{tuple(self.w1.shape)} and {tuple(self.w2.shape)}")
+    def _validate(self) -> None:
+        _check_factor("w1", self.w1, "(k, q, p): k blocks of shape (q, p), k * p >= in_features")
+        _check_factor("w2", self.w2, "(l, s, r): l blocks of shape (s, r), l * r = k * q")
         if self.w1.dtype != self.w2.dtype:
             raise TypeError(f"Monarch w1 is {self.w1.dtype} but w2 is {self.w2.dtype}")
         if self.w1.device != self.w2.device:
@@ -93,7 +100,6 @@ class MonarchFactors(FormatBase):
             raise ValueError(f"Monarch in_features={self.in_features} must be in 1..k*p={k * p}")
         if not 0 < self.out_features <= l * s:
             raise ValueError(f"Monarch out_features={self.out_features} must be in 1..l*s={l * s}")
-        return self
 
     @staticmethod
     def fly_shapes(in_features: int, out_features: int, nblocks: int = 4):

@@ -1,6 +1,6 @@
 """SignBits: a {-1, +1} matrix packed 32 signs to an int32 word along its columns.
 
-Layout (the contract, DESIGN.md section 3), for Z of shape (rows, cols):
+Layout (the contract, docs/formats.md), for Z of shape (rows, cols):
 ``words`` is int32 (rows, ceil(cols / 32)); bit b (b = 0 is the least significant bit) of word j
 of row i is 1 iff Z[i, 32 * j + b] = +1 and 0 iff it is -1. Padding bits (columns >= cols in the
 last word) are 0 and never contribute: kernels mask them. Packing a real matrix stores its signs
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import FormatBase, check_float, check_int
+from ._common import FormatBase, as_int, check_float, check_int, has_data
 
 
 def _shifts(device):
@@ -45,7 +45,7 @@ class SignBits(FormatBase):
 
     def __init__(self, words: torch.Tensor, cols: int, *, check: bool = True):
         self.words = words
-        self.cols = int(cols)
+        self.cols = as_int("SignBits cols", cols)
         super().__init__()
         if check:
             self.validate()
@@ -73,7 +73,7 @@ class SignBits(FormatBase):
     def to_dense(self, dtype=torch.float32) -> torch.Tensor:
         return self.unpack(dtype)
 
-    def validate(self) -> "SignBits":
+    def _validate(self) -> None:
         check_int("words", self.words, torch.int32)
         w = self.words
         if w.dim() != 2 or w.shape[0] == 0 or self.cols <= 0:
@@ -83,12 +83,14 @@ class SignBits(FormatBase):
             raise ValueError(f"SignBits words must have ceil(cols/32) = {-(-self.cols // 32)} "
                              f"columns for cols={self.cols}, got {w.shape[1]}")
         pad = (-self.cols) % 32
-        if pad:
-            last = w[:, -1].to(torch.int64) & 0xFFFFFFFF
-            if bool((last >> (32 - pad)).any()):
-                raise ValueError(f"SignBits padding bits (columns {self.cols}..) of the last word "
-                                 "must be 0")
-        return self
+        if pad and has_data(w):
+            # Padding bits are the top ``pad`` bits of the last word (an arithmetic shift of
+            # the int32 keeps them nonzero when set, sign bit included).
+            bad = (w[:, -1] >> (32 - pad)) != 0
+            if bool(bad.any()):
+                r = int(bad.nonzero()[0, 0])
+                raise ValueError(f"SignBits padding bits (columns {self.cols}..{32 * w.shape[1] - 1}"
+                                 f" of the last word) must be 0; row {r} has some set")
 
     @classmethod
     def from_inverted(cls, words: torch.Tensor, cols: int) -> "SignBits":

@@ -1,6 +1,6 @@
 """Sparse24: a 2:4 semi-structured sparse matrix, the canonical compressed layout.
 
-Layout (the contract, DESIGN.md section 3), for a matrix S of shape (rows, cols), cols % 4 == 0,
+Layout (the contract, docs/formats.md), for a matrix S of shape (rows, cols), cols % 4 == 0,
 with at most 2 nonzeros in each group of 4 consecutive columns:
 
 - ``values``: (rows, cols // 2), same dtype as the matrix. For group g of row i (columns 4g..4g+3)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import FormatBase, check_float, check_int
+from ._common import FormatBase, as_int, check_float, check_int, has_data
 
 # Index pairs (idx0, idx1) in nibble order: nibble = idx0 | (idx1 << 2).
 _VALID_NIBBLES = frozenset(i | (j << 2) for i in range(4) for j in range(4) if i < j)
@@ -61,6 +61,62 @@ def meta_indices(meta: torch.Tensor, cols: int) -> torch.Tensor:
     return (torch.nn.functional.embedding(nib, lut) + base).reshape(meta.shape[0], cols // 2)
 
 
+# Word-parallel check of the nibbles: for the 2-bit fields lo = idx0 and hi = idx1 of every nibble,
+# d = (hi + 4) - lo is in 1..7 and never borrows from the next nibble; idx0 < idx1 iff d >= 5,
+# i.e. bit 2 of d is set and bit 0 or 1 too. On int64 this checks 16 nibbles (four int16 words)
+# per element.
+_FILL_WORD = 0x4444  # four valid nibbles (indices 0, 1): pads a row to a multiple of 4 words
+
+
+def _nibbles_ok(w: torch.Tensor, nibbles: int) -> torch.Tensor:
+    """w: int32/int64 holding ``nibbles`` packed nibbles -> bool, all of them valid. Bits above
+    the nibbles may hold anything (an arithmetic shift's sign copies): the masks drop them."""
+    lo = int("3" * nibbles, 16)
+    one = int("1" * nibbles, 16)
+    d = ((w >> 2) & lo | (lo + one)) - (w & lo)   # lo + one = 0x44..4
+    return ((d >> 2) & (d | (d >> 1)) & one) == one
+
+
+def _all_nibbles_valid(words: torch.Tensor) -> bool:
+    """words: int16 (rows, n) -> whether all 4 * n nibbles are valid (idx0 < idx1)."""
+    pad = (-words.shape[1]) % 4
+    if pad or not words.is_contiguous() or words.storage_offset() % 4:
+        words = torch.nn.functional.pad(words, (0, pad), value=_FILL_WORD)
+    return bool(_nibbles_ok(words.view(torch.int64), 16).all())
+
+
+def meta_is_valid(meta: torch.Tensor, groups: int) -> bool:
+    """Whether int16 meta (rows, ceil(groups / 4)) holds a valid nibble for each of ``groups``
+    groups and zero padding nibbles. Vectorized, 16 nibbles per int64 operation: a few ms on a
+    CPU core for the meta of a 4096 x 11008 matrix. ``_describe_bad_meta`` says what is
+    wrong."""
+    full, rem = divmod(groups, 4)
+    if full and not _all_nibbles_valid(meta[:, :full] if rem else meta):
+        return False
+    if rem:
+        last = meta[:, full].to(torch.int32) & 0xFFFF
+        if bool((last >> (4 * rem)).any()):        # padding nibbles must be 0
+            return False
+        if not bool(_nibbles_ok(last, rem).all()):
+            return False
+    return True
+
+
+def _describe_bad_meta(meta: torch.Tensor, groups: int) -> str:
+    """The first offending nibble of invalid meta, in words (the slow path, for the error)."""
+    words = meta.shape[1]
+    nib = meta_nibbles(meta, 4 * words)
+    valid = torch.tensor(sorted(_VALID_NIBBLES), device=meta.device)
+    bad = ~torch.isin(nib[:, :groups], valid)
+    if bool(bad.any()):
+        r, g = bad.nonzero()[0].tolist()
+        return (f"Sparse24 meta: group {g} of row {r} has nibble {int(nib[r, g]):#06b}, not a "
+                f"valid (idx0 < idx1) pair")
+    r, g = (nib[:, groups:] != 0).nonzero()[0].tolist()
+    return (f"Sparse24 meta: padding nibbles past the last group must be 0 (row {r}, nibble "
+            f"{groups + g} of {4 * words} is {int(nib[r, groups + g]):#06b})")
+
+
 def _find_bad_group(S: torch.Tensor):
     """First (row, group) of S with more than 2 nonzeros, or None."""
     rows, cols = S.shape
@@ -83,11 +139,22 @@ def _indices_of_kept(mask: torch.Tensor) -> torch.Tensor:
     return order.sort(dim=-1).values
 
 
+def _check_no_nan(name: str, t: torch.Tensor) -> None:
+    if t.is_floating_point() and has_data(t):
+        nan = torch.isnan(t)
+        if bool(nan.any()):
+            r, c = nan.nonzero()[0].tolist()
+            raise ValueError(f"{name} has NaN entries (first at row {r}, column {c}); prune_24 "
+                             f"needs finite or infinite values to rank")
+
+
 def prune_24(W: torch.Tensor, scores: torch.Tensor | None = None) -> "Sparse24":
     """Make a 2:4 matrix from W by keeping, in each group of 4 consecutive columns, the 2 entries
     with the largest ``scores`` (default ``|W|``); ties go to the lower column.
 
     W: (rows, cols) float, cols % 4 == 0; scores: same shape as W. Returns a Sparse24.
+    Raises ValueError naming the first NaN of W or scores (a NaN has no rank: dropping or keeping
+    it silently would hide a broken weight). Infinite entries rank as the largest magnitudes.
     """
     check_float("W", W)
     if W.dim() != 2:
@@ -95,10 +162,17 @@ def prune_24(W: torch.Tensor, scores: torch.Tensor | None = None) -> "Sparse24":
     rows, cols = W.shape
     if cols % 4 != 0 or cols == 0 or rows == 0:
         raise ValueError(f"W must have cols a positive multiple of 4, got shape {tuple(W.shape)}")
+    _check_no_nan("W", W)
     if scores is None:
         scores = W.abs()
-    elif scores.shape != W.shape:
-        raise ValueError(f"scores must have W's shape {tuple(W.shape)}, got {tuple(scores.shape)}")
+    else:
+        if not isinstance(scores, torch.Tensor) or scores.is_complex():
+            raise TypeError(f"scores must be a real tensor, got "
+                            f"{getattr(scores, 'dtype', type(scores).__name__)}")
+        if scores.shape != W.shape:
+            raise ValueError(f"scores must have W's shape {tuple(W.shape)}, got "
+                             f"{tuple(scores.shape)}")
+        _check_no_nan("scores", scores)
     s = scores.reshape(rows, cols // 4, 4).to(torch.float64)
     # Stable top-2: argsort by -score with stable sort keeps the lower index on ties.
     top = torch.sort(-s, dim=-1, stable=True).indices[..., :2]
@@ -120,7 +194,13 @@ class Sparse24(FormatBase):
                  *, check: bool = True):
         self.values = values
         self.meta = meta
-        self.cols = int(cols) if cols is not None else 2 * int(values.shape[-1])
+        if cols is None:
+            check_float("values", values)
+            if values.dim() != 2:
+                raise ValueError(f"Sparse24 values must be 2-D (rows, cols/2), got shape "
+                                 f"{tuple(values.shape)}")
+            cols = 2 * values.shape[1]
+        self.cols = as_int("Sparse24 cols", cols)
         super().__init__()
         if check:
             self.validate()
@@ -138,7 +218,7 @@ class Sparse24(FormatBase):
     def device(self) -> torch.device:
         return self.values.device
 
-    def validate(self) -> "Sparse24":
+    def _validate(self) -> None:
         v, m = self.values, self.meta
         check_float("values", v)
         check_int("meta", m, torch.int16)
@@ -158,17 +238,8 @@ class Sparse24(FormatBase):
                              f"{tuple(m.shape)}")
         if m.device != v.device:
             raise ValueError(f"Sparse24 meta is on {m.device} but values on {v.device}")
-        groups = cols // 4
-        nib = meta_nibbles(m, -(-groups // 4) * 4)
-        valid = torch.tensor(sorted(_VALID_NIBBLES), device=m.device)
-        ok = torch.isin(nib[:, :groups], valid)
-        if not bool(ok.all()):
-            r, g = (~ok).nonzero()[0].tolist()
-            raise ValueError(f"Sparse24 meta: group {g} of row {r} has nibble "
-                             f"{int(nib[r, g]):#06b}, not a valid (idx0 < idx1) pair")
-        if bool((nib[:, groups:] != 0).any()):
-            raise ValueError("Sparse24 meta: padding nibbles past the last group must be 0")
-        return self
+        if has_data(m) and not meta_is_valid(m, cols // 4):
+            raise ValueError(_describe_bad_meta(m, cols // 4))
 
     @classmethod
     def from_dense(cls, S: torch.Tensor) -> "Sparse24":
@@ -206,14 +277,19 @@ class Sparse24(FormatBase):
         return Sparse24(values, self.meta, self.cols, check=False)
 
     # -- torch's semi-structured tensor ---------------------------------------------------
-    def to_torch_semi_structured(self):
-        """Convert to ``torch.sparse.SparseSemiStructuredTensor`` (CUDA fp16/bf16 only, shape
-        limits of torch apply: rows a multiple of 32 and cols of 64 for CUTLASS)."""
-        from torch.sparse import to_sparse_semi_structured
+    def to_torch_semi_structured(self, backend: str | None = None, dtype=None):
+        """Convert to ``torch.sparse.SparseSemiStructuredTensor`` (see
+        ``factorkern.interop.torch_sparse.to_torch_semi_structured``: CUTLASS without a dense
+        round trip, cuSPARSELt through the dense matrix on a GPU; float32 refused unless
+        ``dtype`` casts it)."""
+        from ..interop.torch_sparse import to_torch_semi_structured
 
-        return to_sparse_semi_structured(self.to_dense())
+        return to_torch_semi_structured(self, backend, dtype)
 
     @classmethod
     def from_torch_semi_structured(cls, t) -> "Sparse24":
-        """Convert from a ``torch.sparse.SparseSemiStructuredTensor``."""
-        return cls.from_dense(t.to_dense())
+        """Convert from a ``torch.sparse.SparseSemiStructuredTensor`` (see
+        ``factorkern.interop.torch_sparse.from_torch_semi_structured``)."""
+        from ..interop.torch_sparse import from_torch_semi_structured
+
+        return from_torch_semi_structured(t)

@@ -12,6 +12,11 @@ from ._base import FactorizedLinear
 
 
 def _sparse_init(rows, cols, device, dtype):
+    """Kept values (rows, cols/2) and int16 meta of a random 2:4 matrix. On the meta device
+    (an empty skeleton to load factors into) only the shapes are made: no pruning runs."""
+    if torch.empty(0, device=device).is_meta:
+        return (torch.empty(rows, cols // 2, device="meta", dtype=dtype),
+                torch.empty(rows, -(-cols // 16), device="meta", dtype=torch.int16))
     W = FactorizedLinear._kaiming((rows, cols), cols // 2, device, torch.float32)
     S = prune_24(W)
     return S.values.to(dtype), S.meta
@@ -38,9 +43,12 @@ class DenseSparseLinear(FactorizedLinear):
         self.s_values = nn.Parameter(v)
         self.register_buffer("s_meta", m)
 
+    def _formats(self, get):
+        return {"S": Sparse24(get("s_values"), get("s_meta"), self.in_features, check=False)}
+
     @property
     def S(self) -> Sparse24:
-        return Sparse24(self.s_values, self.s_meta, self.in_features, check=False)
+        return self._format("S")
 
     def forward(self, x):
         return ops.dense_sparse_mm(x, self.D, self.S, self.bias, self.backend)
@@ -93,9 +101,12 @@ class SparseDenseLinear(FactorizedLinear):
         self.D = nn.Parameter(self._kaiming((k, in_features), in_features, device,
                                             dtype or torch.float32))
 
+    def _formats(self, get):
+        return {"S": Sparse24(get("s_values"), get("s_meta"), self.k, check=False)}
+
     @property
     def S(self) -> Sparse24:
-        return Sparse24(self.s_values, self.s_meta, self.k, check=False)
+        return self._format("S")
 
     def forward(self, x):
         return ops.sparse_dense_mm(x, self.S, self.D, self.bias, self.backend)

@@ -42,8 +42,9 @@ class LittleBitLinear(FactorizedLinear):
     signs (SignBits); parameters ``h{t}`` (out,), ``l{t}`` (r,), ``g{t}`` (in,) the scales.
     With ``latent=True`` the layer also keeps real latent factors ``U{t}`` (out, r) and
     ``V{t}`` (in, r): in training mode the forward runs the torch composite with the SmoothSign
-    straight-through estimator so U, V train; switching to eval (``.eval()``/``.train(False)``)
-    or calling ``pack()`` re-packs their signs into the words the kernels read.
+    straight-through estimator so U, V train; switching to eval (``.eval()``/``.train(False)``),
+    calling ``pack()`` or taking a ``state_dict()`` re-packs their signs into the words the
+    kernels read, so a checkpoint always holds the current signs.
     """
 
     def __init__(self, in_features, out_features, r, residual=True, latent=False, bias=True,
@@ -55,13 +56,23 @@ class LittleBitLinear(FactorizedLinear):
         self.nterms = 2 if residual else 1
         self.latent = bool(latent)
         dt = dtype or torch.float32
+        # An empty skeleton (fk.nn.load) makes shapes only: ops on the meta device go through
+        # torch's Python decompositions, seconds on their first use.
+        meta = torch.empty(0, device=device).is_meta
         names = []
         for t in range(self.nterms):
-            # Latent values start at magnitude ~1/alpha, where SmoothSign's gradient is alive.
-            U = torch.randn(out_features, r, device=device) / SMOOTHSIGN_ALPHA
-            V = torch.randn(in_features, r, device=device) / SMOOTHSIGN_ALPHA
-            self.register_buffer(f"u_words{t}", pack_signs(U))
-            self.register_buffer(f"v_words{t}", pack_signs(V.T))
+            if meta:
+                U = torch.empty(out_features, r, device="meta")
+                V = torch.empty(in_features, r, device="meta")
+                uw = torch.empty(out_features, -(-r // 32), device="meta", dtype=torch.int32)
+                vw = torch.empty(r, -(-in_features // 32), device="meta", dtype=torch.int32)
+            else:
+                # Latent values start at magnitude ~1/alpha, where SmoothSign's gradient is alive.
+                U = torch.randn(out_features, r, device=device) / SMOOTHSIGN_ALPHA
+                V = torch.randn(in_features, r, device=device) / SMOOTHSIGN_ALPHA
+                uw, vw = pack_signs(U), pack_signs(V.T)
+            self.register_buffer(f"u_words{t}", uw)
+            self.register_buffer(f"v_words{t}", vw)
             scale = (1.0 / (in_features * r)) ** 0.5
             setattr(self, f"h{t}", nn.Parameter(torch.full((out_features,), scale, device=device,
                                                            dtype=dt)))
@@ -74,13 +85,15 @@ class LittleBitLinear(FactorizedLinear):
         # Storage counts only what inference keeps (the latent factors are training state).
         self._factor_names = tuple(names)
 
+    def _formats(self, get):
+        terms = [(SignBits(get(f"u_words{t}"), self.r, check=False),
+                  SignBits(get(f"v_words{t}"), self.in_features, check=False),
+                  get(f"h{t}"), get(f"l{t}"), get(f"g{t}")) for t in range(self.nterms)]
+        return {"F": LittleBitFactors(terms, check=False)}
+
     @property
     def F(self) -> LittleBitFactors:
-        terms = [(SignBits(getattr(self, f"u_words{t}"), self.r, check=False),
-                  SignBits(getattr(self, f"v_words{t}"), self.in_features, check=False),
-                  getattr(self, f"h{t}"), getattr(self, f"l{t}"), getattr(self, f"g{t}"))
-                 for t in range(self.nterms)]
-        return LittleBitFactors(terms, check=False)
+        return self._format("F")
 
     @torch.no_grad()
     def pack(self) -> None:
@@ -95,6 +108,13 @@ class LittleBitLinear(FactorizedLinear):
         if not mode:
             self.pack()
         return super().train(mode)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # The words must hold the latent factors' current signs in every mode: in training
+        # they are otherwise refreshed only by .eval()/pack(), and a checkpoint taken mid-training
+        # would silently keep the signs of the last pack.
+        self.pack()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def forward(self, x):
         if self.latent and self.training:
@@ -112,6 +132,7 @@ class LittleBitLinear(FactorizedLinear):
         return y if self.bias is None else y + self.bias
 
     def to_dense(self) -> torch.Tensor:
+        self.pack()  # the current signs, also in training mode
         return self.F.to_dense()
 
     def _family_repr(self):

@@ -28,10 +28,13 @@ class MonarchLinear(FactorizedLinear):
         self.blkdiag1 = nn.Parameter(self._kaiming(s1, s1[2], device, dt))
         self.blkdiag2 = nn.Parameter(self._kaiming(s2, s2[2], device, dt))
 
+    def _formats(self, get):
+        return {"M": MonarchFactors(get("blkdiag1"), get("blkdiag2"), self.in_features,
+                                    self.out_features, check=False)}
+
     @property
     def M(self) -> MonarchFactors:
-        return MonarchFactors(self.blkdiag1, self.blkdiag2, self.in_features, self.out_features,
-                              check=False)
+        return self._format("M")
 
     def forward(self, x):
         return ops.monarch_mm(x, self.M, self.bias, self.backend)

@@ -10,8 +10,9 @@ from .dense_sparse import (dense_sparse_mm, dense_sparse_mm_backward, sparse_den
 from .littlebit import littlebit_mm, littlebit_mm_backward
 from .lowrank import lowrank_mm, lowrank_mm_backward
 from .monarch import monarch_mm, monarch_mm_backward
+from .sparse import sparse_mm, sparse_mm_backward
 
 __all__ = ["armor_mm", "armor_mm_backward", "dense_sparse_mm", "dense_sparse_mm_backward",
            "sparse_dense_mm", "sparse_dense_mm_backward", "littlebit_mm",
            "littlebit_mm_backward", "lowrank_mm", "lowrank_mm_backward", "monarch_mm",
-           "monarch_mm_backward"]
+           "monarch_mm_backward", "sparse_mm", "sparse_mm_backward"]

@@ -31,3 +31,10 @@ def finish(y: torch.Tensor, bias, dtype) -> torch.Tensor:
 
 def bias_grad(gy: torch.Tensor, bias):
     return None if bias is None else gy.sum(0).to(bias.dtype)
+
+
+def wanted(needs, n: int) -> tuple:
+    """``needs`` (one bool per gradient, lists meaning "any") or None (all) -> n bools."""
+    if needs is None:
+        return (True,) * n
+    return tuple(bool(any(f) if isinstance(f, (list, tuple)) else f) for f in needs)

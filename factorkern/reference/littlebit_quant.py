@@ -2,6 +2,10 @@
 
 Per term t, with x: (N, in), SignBits V.T (r, in) and U (out, r), scales h (out,), l (r,), g (in,):
 
+0. Non-finite input: if any element of token row n of ``xg`` (step 1) is NaN, +Inf or -Inf, the
+   term's contribution to ``y[n, :]`` is NaN (the whole output row: an int8 scale of an infinite
+   row would otherwise turn the row into large finite numbers). The row is quantized as zeros
+   (its result is discarded) so no NaN reaches the integer steps; every other row is unaffected.
 1. ``xg = x * g`` in float32 (x and g upcast first).
 2. Per token (row) n: ``s[n] = max_c |xg[n, c]| / 127`` (float32; ``s = 1`` for an all-zero row),
    ``q[n, c] = clamp(round(xg[n, c] / s[n]), -127, 127)`` where the division is float32 and
@@ -32,7 +36,8 @@ QMAX = 127
 
 
 def quantize_per_token(xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """xg: (N, in) float32 -> (q int32 (N, in) in [-127, 127], s float32 (N,))."""
+    """xg: (N, in) float32 -> (q int32 (N, in) in [-127, 127], s float32 (N,)). xg must be
+    finite (step 0 of the module docstring handles rows that are not)."""
     xg = xg.to(torch.float32)
     amax = xg.abs().amax(dim=1)
     s = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
@@ -67,11 +72,13 @@ def littlebit_mm_popcount(x, u_words, v_words, h, l, g, bias=None):
     n_in = x.shape[1]
     y = None
     for uw, vw, ht, lt, gt in zip(u_words, v_words, h, l, g):
-        q, s = quantize_per_token(x.to(torch.float32) * gt.to(torch.float32))
+        xg = x.to(torch.float32) * gt.to(torch.float32)
+        bad = ~torch.isfinite(xg).all(dim=1, keepdim=True)      # (N, 1): step 0
+        q, s = quantize_per_token(torch.where(bad, 0.0, xg))
         sVt = unpack_signs(vw, n_in, torch.float64)             # (r, in)
         z = q.to(torch.float64) @ sVt.T                          # exact: integers < 2^53
         sU = unpack_signs(uw, lt.shape[0], torch.float64)        # (out, r)
         a = s.to(torch.float64)[:, None] * (lt.to(torch.float64) * z)
-        yt = (a @ sU.T) * ht.to(torch.float64)
+        yt = torch.where(bad, float("nan"), (a @ sU.T) * ht.to(torch.float64))
         y = yt if y is None else y + yt
     return finish(y, bias, x.dtype)
