@@ -34,7 +34,7 @@ from collections import Counter
 from . import model
 
 OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm", "lowrank_mm", "littlebit_mm",
-       "monarch_mm")
+       "monarch_mm", "sparse_mm")
 SHAPE = (4096, 4096)
 MS = (1, 16)
 
