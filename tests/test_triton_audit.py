@@ -57,6 +57,30 @@ def test_audit_finds_no_problem(report):
     assert report["problems"] == []
 
 
+def test_every_accepted_shape_class_has_a_config_that_fits(report):
+    """Every (kernel, shape class, dtype) that the op's ``supports`` accepts has at least one
+    config within the H100's 227 KB of shared memory (else ``supports`` must refuse it)."""
+    fitting = report["fitting"]
+    assert len(fitting) + len(report["refused"]) == report["n_cases"]
+    none = [label for label, n in fitting.items() if n == 0]
+    assert not none, f"no config fits {_compile.H100_MAX_SHARED} B of shared memory: {none}"
+
+
+def test_fit_checker():
+    """``problems`` reports a shape class whose every config (or whose default) is over."""
+    lim = _compile.H100_MAX_SHARED
+
+    def e(index, shared):
+        return dict(op="armor_mm", variant="prefill", shape_class="bA=128 bB=128",
+                    dtype="fp32", index=index, shared=shared, regs=128, spill_stores=0,
+                    spill_loads=0, local_ops=0, wide_loads=0, narrow_loads=[],
+                    release_fenced=None)
+
+    assert _audit.problems([e(0, lim), e(1, lim + 1)]) == []
+    assert any("no config fits" in p for p in _audit.problems([e(0, lim + 1), e(1, lim + 2)]))
+    assert any("default config" in p for p in _audit.problems([e(0, lim + 1), e(1, lim)]))
+
+
 def test_sample_compiles_as_the_table_says(report):
     assert report["sample"], "nothing sampled"
     same_triton = report["triton"] == report["table_triton"]
@@ -142,3 +166,23 @@ def test_load_width_reader():
     assert wide == 1 and narrow == [("a.py", 3, "LDG.E.U16")]
     wide, narrow = _audit.wide_load_report([("a.py", 3, "LDGSTS.E.64")], {("a.py", 3): 64})
     assert wide == 1 and narrow == []
+
+
+def test_resident_sparse_q_prefill_compiles_for_sm90():
+    """sparse_dense_mm prefill with t resident (k <= 256) reads its 2:4 Q tiles from column 0;
+    a literal 0 there was a constexpr that load_s24_tile's ``tl.multiple_of`` rejects: every
+    config failed to compile for a GPU while the interpreter ran it. The default config compiles
+    (one fp16 launch, in a child process without TRITON_INTERPRET)."""
+    pytest.importorskip("triton.backends.nvidia")
+    code = ("from factorkern.triton_kernels import _audit as A\n"
+            "c = [c for c in A.cases() if c.label == 'sparse_dense_mm prefill k=64 (t resident) "
+            "fp16']\n"
+            "it = A.items(c)[0]\n"
+            "m = A.measure(it.launch, sass_lines=False)\n"
+            "print(m['shared'], m['spill_stores'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shared, spills = map(int, r.stdout.split())
+    assert 0 < shared <= _compile.H100_MAX_SHARED and spills == 0

@@ -14,6 +14,7 @@ the specialization and the options (``_compile.Launch.source_hash``), rendered i
 current launch, asserts its properties, and recompiles a sample to check it against this Triton.
 
     python -m factorkern.triton_kernels._audit --full --write [--jobs N]   # refresh table + docs
+    python -m factorkern.triton_kernels._audit --markdown                  # docs from the table
     python -m factorkern.triton_kernels._audit --check --sample N          # what CI runs
 
 Run without TRITON_INTERPRET (the kernels must be compiled functions).
@@ -27,6 +28,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -144,6 +146,14 @@ def cases() -> list[Case]:
                                 dname, mon(m, n_in, n_out, nb)))
             out.append(Case("monarch_mm", "prefill", f"{n_out}x{n_in} nblocks={nb}", dname,
                             mon(PREFILL_M, n_in, n_out, nb)))
+
+        def sp(m, dt=dt):
+            return (_e(m, 4096, dtype=dt), _e(4096, 2048, dtype=dt), _e(4096, 256, dtype=i16),
+                    _e(4096, dtype=dt), [])
+
+        for m in DECODE_M:
+            out.append(Case("sparse_mm", "decode", f"M={m} 4096x4096", dname, sp(m)))
+        out.append(Case("sparse_mm", "prefill", "4096x4096", dname, sp(PREFILL_M)))
     return out
 
 
@@ -244,34 +254,79 @@ def _marks():
     return _MARKS
 
 
-def measure(launch) -> dict:
-    """Compile one Launch for sm_90a and measure it (runs in a worker process)."""
+def measure(launch, sass_lines: bool = True) -> dict:
+    """Compile one Launch for sm_90a and measure it (runs in a worker process). Without
+    ``sass_lines`` (prefill launches, whose load widths and local-memory instructions nothing
+    checks) the SASS is not read by line: ``local_ops``, ``wide_loads`` and ``narrow_loads`` are
+    None (spills still come from ptxas)."""
     import triton
 
     res = _compile.compile_launch(launch, with_text=False)
     k = triton.compile(launch.ast_source(), target=_compile.target(),
                        options=dict(launch.options))  # served from Triton's cache
-    lines = _compile.sass_with_lines(k.asm["cubin"])
-    wide, narrow = wide_load_report(lines, _marks())
-    return dict(shared=res.shared, regs=res.regs, stack=res.stack,
-                spill_stores=res.spill_stores, spill_loads=res.spill_loads,
-                local_ops=sum(1 for _, _, op in lines if op.startswith(("LDL", "STL"))),
-                wide_loads=wide, narrow_loads=[list(x) for x in narrow],
-                release_fenced=release_fenced(k.asm["ptx"]))
+    out = dict(shared=res.shared, regs=res.regs, stack=res.stack,
+               spill_stores=res.spill_stores, spill_loads=res.spill_loads,
+               local_ops=None, wide_loads=None, narrow_loads=None,
+               release_fenced=release_fenced(k.asm["ptx"]))
+    if sass_lines:
+        lines = _compile.sass_with_lines(k.asm["cubin"])
+        wide, narrow = wide_load_report(lines, _marks())
+        out.update(local_ops=sum(1 for _, _, op in lines if op.startswith(("LDL", "STL"))),
+                   wide_loads=wide, narrow_loads=[list(x) for x in narrow])
+    return out
 
 
-def _measure_safe(launch):
+# Local runs keep each measured launch here, by its key (``Launch.source_hash``) and Triton's
+# version, so that an interrupted or repeated full audit measures only what changed.
+CACHE = os.environ.get("FACTORKERN_AUDIT_CACHE",
+                       os.path.join(tempfile.gettempdir(), "factorkern-audit"))
+
+
+def _cache_path(launch, sass_lines: bool) -> str:
+    return os.path.join(CACHE, f"{launch.source_hash()}-{triton_version()}-"
+                               f"{int(sass_lines)}.json")
+
+
+def _measure_safe(job):
+    launch, sass_lines, cached = job
+    path = _cache_path(launch, sass_lines) if cached else None
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
     try:
-        return measure(launch)
+        m = measure(launch, sass_lines)
     except Exception as e:  # reported in the table: a config that does not compile at all
         return dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+    if path:
+        os.makedirs(CACHE, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(m, f)
+        os.replace(tmp, path)
+    return m
 
 
-def measure_all(launches: list, jobs: int) -> list[dict]:
+def measure_all(launches: list, jobs: int, sass_lines=None, cached: bool = False) -> list[dict]:
+    """Measure every launch (``sass_lines``: per launch, default all True); ``cached``: reuse
+    and fill the local result cache (``CACHE``). Progress goes to stderr."""
+    sass_lines = sass_lines if sass_lines is not None else [True] * len(launches)
+    work = list(zip(launches, sass_lines, [cached] * len(launches)))
+    out = []
     if jobs <= 1:
-        return [_measure_safe(L) for L in launches]
-    with concurrent.futures.ProcessPoolExecutor(jobs) as ex:
-        return list(ex.map(_measure_safe, launches, chunksize=1))
+        results = map(_measure_safe, work)
+        ex = None
+    else:
+        ex = concurrent.futures.ProcessPoolExecutor(jobs)
+        results = ex.map(_measure_safe, work, chunksize=1)
+    try:
+        for i, m in enumerate(results, 1):
+            out.append(m)
+            if cached and (i % 10 == 0 or i == len(work)):
+                print(f"audit: {i}/{len(work)} launches measured", file=sys.stderr, flush=True)
+    finally:
+        if ex is not None:
+            ex.shutdown()
+    return out
 
 
 # ---- the table -------------------------------------------------------------------------------
@@ -359,6 +414,10 @@ def _cfg_str(c: dict) -> str:
         f" w{c.get('num_warps', '')}s{c.get('num_stages', '')}"
 
 
+def _na(v) -> str:
+    return "-" if v is None else str(v)
+
+
 def render_doc(doc: dict) -> str:
     entries = doc["entries"]
     lim = doc["shared_limit"]
@@ -366,7 +425,9 @@ def render_doc(doc: dict) -> str:
         "# What each Triton config costs on an H100 (compile audit)",
         "",
         "Generated by `python -m factorkern.triton_kernels._audit --full --write` "
-        f"(Triton {doc['triton']}, target {doc['target']}); do not edit by hand. Every kernel x "
+        f"(Triton {doc['triton']}, target {doc['target']}; it compiles every launch and writes "
+        "the table `tests/triton_audit.json` and this page; `--markdown` re-renders the page "
+        "from the table alone); do not edit by hand. Every kernel x "
         "every config of its autotune space x fp16/bf16/fp32, for each shape class its launcher "
         "tells apart, compiled for sm_90a without a GPU through the launchers' own argument "
         "binding (Triton's specialization of the actual arguments included). "
@@ -386,6 +447,8 @@ def render_doc(doc: dict) -> str:
         "(`LDG.E.128`, or `LDGSTS.E.BYPASS.128` when Triton pipelines them through shared "
         "memory). Shapes with dims that are multiples of 16 (the representative shapes here) "
         "get them; odd dims get narrower loads (no 16-byte alignment).",
+        "- Load widths and local-memory instructions are read from the SASS of the decode "
+        "launches only (\"-\" for prefill, whose spills come from ptxas).",
         "- **Barrier**: every phase-counter release has a CTA barrier (`bar.sync`) before it in "
         "the PTX.",
         "",
@@ -418,21 +481,30 @@ def render_doc(doc: dict) -> str:
             lines.append(f"| {r['op']} | {r['variant']} | {r['shape_class']} | {r['dtype']} | "
                          f"{r['refused']} |")
     lines += ["", "## Every config", "",
-              "| op | variant | shape class | dtype | # | config | smem (B) | regs | spill (B) | "
-              "local ops | 128-bit / narrow marked loads | release fenced |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| op | variant | shape class | dtype | # | config | smem (B) | fits H100 | regs | "
+              "spill (B) | local ops | 128-bit / narrow marked loads | release fenced |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         if "error" in e:
             lines.append(f"| {e['op']} | {e['variant']} | {e['shape_class']} | {e['dtype']} | "
-                         f"{e['index']} | {_cfg_str(e['config'])} | error | | | | | |")
+                         f"{e['index']} | {_cfg_str(e['config'])} | error | no | | | | | |")
             continue
-        over = " **over**" if e["shared"] > lim else ""
+        fits = "yes" if e["shared"] <= lim else "**no**"
+        loads = "-" if e["narrow_loads"] is None else \
+            f"{e['wide_loads']} / {len(e['narrow_loads'])}"
         rel = {True: "yes", False: "**no**", None: "-"}[e["release_fenced"]]
         lines.append(f"| {e['op']} | {e['variant']} | {e['shape_class']} | {e['dtype']} | "
-                     f"{e['index']} | {_cfg_str(e['config'])} | {e['shared']:,}{over} | "
-                     f"{e['regs']} | {e['spill_stores']} | {e['local_ops']} | "
-                     f"{e['wide_loads']} / {len(e['narrow_loads'])} | {rel} |")
+                     f"{e['index']} | {_cfg_str(e['config'])} | {e['shared']:,} | {fits} | "
+                     f"{e['regs']} | {e['spill_stores']} | {_na(e['local_ops'])} | {loads} | "
+                     f"{rel} |")
     return "\n".join(lines) + "\n"
+
+
+def write_doc(doc: dict, path: str = DOC) -> None:
+    """Write the docs page (``render_doc``) for the table ``doc``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(render_doc(doc))
 
 
 # ---- CLI -------------------------------------------------------------------------------------
@@ -461,7 +533,12 @@ def main(argv=None) -> int:
     ap.add_argument("--table", default=TABLE)
     ap.add_argument("--json", help="write the check report here")
     ap.add_argument("--only", help="regex on case labels (development)")
+    ap.add_argument("--markdown", action="store_true",
+                    help="only render the docs page from the committed table (no compiling)")
     a = ap.parse_args(argv)
+    if a.markdown:
+        write_doc(read_table(a.table))
+        return 0
     why = _compile.available()
     if why:
         print(f"cannot audit here: {why}", file=sys.stderr)
@@ -471,7 +548,8 @@ def main(argv=None) -> int:
         selected = [c for c in selected if re.search(a.only, c.label)]
     its = items(selected)
     if a.full:
-        ms = measure_all([it.launch for it in its], a.jobs)
+        ms = measure_all([it.launch for it in its], a.jobs,
+                         sass_lines=[it.case.variant == "decode" for it in its], cached=True)
         entries = [entry(it, m) for it, m in zip(its, ms)]
         refused = refusals(selected)
         for p in problems(entries):
@@ -497,10 +575,7 @@ def main(argv=None) -> int:
                 refused = sorted([e for e in old.get("refused", []) if keep(e)] + refused,
                                  key=rank)
             write_table(entries, refused, a.table)
-            doc = read_table(a.table)
-            os.makedirs(os.path.dirname(DOC), exist_ok=True)
-            with open(DOC, "w") as f:
-                f.write(render_doc(doc))
+            write_doc(read_table(a.table))
         else:
             for e in entries:
                 print(json.dumps({k: v for k, v in e.items() if k != "key"}))
@@ -509,11 +584,21 @@ def main(argv=None) -> int:
         table = read_table(a.table)
         by_key = {e["key"]: e for e in table["entries"]}
         missing = [it.case.label + f" config {it.index}" for it in its if it.key() not in by_key]
+        # configs that fit the H100's shared memory, per shape class supports accepts (a class
+        # whose launcher made no launch at all counts 0)
+        fitting = {c.label: 0 for c in selected if c.refused() is None}
+        for it in its:
+            e = by_key.get(it.key())
+            if e is not None and "error" not in e and e["shared"] <= _compile.H100_MAX_SHARED:
+                fitting[it.case.label] += 1
         smp = sample(its, a.sample)
         fresh = measure_all([it.launch for it in smp], a.jobs)
         report = dict(
             triton=triton_version(), table_triton=table["triton"], n_items=len(its),
-            n_table=len(table["entries"]), missing=missing,
+            n_cases=len(selected), n_table=len(table["entries"]), missing=missing,
+            fitting=fitting,
+            refused=[r["op"] + " " + r["variant"] + " " + r["shape_class"] + " " + r["dtype"]
+                     for r in refusals(selected)],
             problems=problems([by_key[it.key()] for it in its if it.key() in by_key]),
             sample=[dict(label=it.case.label, index=it.index, kernel=it.launch.kernel,
                          table=by_key.get(it.key()), fresh=m) for it, m in zip(smp, fresh)])

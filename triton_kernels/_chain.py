@@ -98,15 +98,15 @@ def _chain_fused_kernel(x_ptr, p_ptr, pm_ptr, q_ptr, qm_ptr, b_ptr, y_ptr,
     rm = pid_m * BM + tl.arange(0, BM)
     x_rows = row_ptrs(x_ptr, rm, s_xm)
     if T_RESIDENT:
-        # prologue once: the whole t row tile (K2 <= BK2) stays on chip, in fp32, for every
-        # output tile of this program.
+        # prologue once: the whole t row tile (K2 <= BK2) stays on chip, in fp32. Q tiles start
+        # at a runtime 0 (pid_n * 0): a literal 0 is a constexpr, which load_s24_tile rejects.
         rk2 = tl.arange(0, BK2)
         t = _first_product(x_rows, p_ptr, pm_ptr, rm, rk2, M, K1, K2, P_W, s_xk, s_pr, s_pc,
                            s_pmr, s_pmc, P_SPARSE, IEEE, BM, BK1, BK2)
         for n0 in range(pid_n * BN, N, n_groups * BN):
             rn = n0 + tl.arange(0, BN)
-            qt = _load_operand(q_ptr, qm_ptr, rn, 0, s_qr, s_qc, s_qmr, s_qmc, N, K2, Q_W, BK2,
-                               Q_SPARSE)
+            qt = _load_operand(q_ptr, qm_ptr, rn, pid_n * 0, s_qr, s_qc, s_qmr, s_qmc, N, K2,
+                               Q_W, BK2, Q_SPARSE)
             acc = mid_dot(t, tl.trans(qt), tl.zeros((BM, BN), dtype=tl.float32), MID)
             store_output(acc, y_ptr, b_ptr, rm, rn, M, N, s_ym, s_yn, s_b, HAS_BIAS)
     else:
