@@ -2,12 +2,12 @@
 triton_kernels source compiles to for sm_90a, read without a GPU.
 
 In a child process without TRITON_INTERPRET (the kernels must be JIT functions), every op runs
-with ``backend="triton"`` on CPU tensors at decode sizes while Triton's launch path is replaced
-by a recorder: ``Autotuner.run`` records the launch once per config of the autotune space,
-``triton.testing.do_bench`` runs a hand-tuned launcher's candidate once, ``JITFunction.run``
-records instead of launching. Each recorded launch is then specialized the way Triton's JIT
-does it (its own binder: 16-byte alignment of pointers and integers) and compiled for sm_90a;
-the SASS goes through the same analysis as the CUDA kernels. Nothing runs.
+with ``backend="triton"`` on CPU tensors at decode sizes inside the compile audit's recorder
+(``factorkern.triton_kernels._compile.recording`` with ``force(config=EACH)``): the launchers
+bind every config of their autotune space through the same code a GPU runs, and each launch is
+recorded with Triton's own specialization of its arguments (16-byte alignment of pointers and
+integers) instead of running. Each record is compiled for sm_90a; the SASS goes through the same
+analysis as the CUDA kernels. Nothing runs.
 
 Per kernel and token count the result is the config the model ranks best, with its registers,
 spills, shared memory, and for its hottest loop (the innermost loop with the most bytes of
@@ -34,7 +34,7 @@ from collections import Counter
 from . import model
 
 OPS = ("dense_sparse_mm", "sparse_dense_mm", "armor_mm", "lowrank_mm", "littlebit_mm",
-       "monarch_mm")
+       "monarch_mm", "sparse_mm")
 SHAPE = (4096, 4096)
 MS = (1, 16)
 
@@ -57,75 +57,48 @@ def _sources_hash() -> str:
 
 
 def _record(op: str, m: int):
-    """Every launch (kernel, args, kwargs) the op's Triton path makes for m tokens, once per
-    candidate config; nothing runs."""
+    """Every launch the op's Triton path makes for m tokens, once per config of its autotune
+    space, as ``_compile.Launch`` records (the launchers' own argument binding and Triton's
+    specialization for sm_90a); nothing runs."""
     import torch
-    import triton
-    from triton.runtime.autotuner import Autotuner
-    from triton.runtime.jit import JITFunction
 
     import factorkern.dispatch as dispatch
+    from factorkern.triton_kernels import _compile as tc
+    from factorkern.triton_kernels._common import EACH, force
 
     from .cases import FactorSizes, make_cases
     from .shapes import Shape
 
-    got = []
-
-    def jit_run(self, *args, grid=None, warmup=False, **kwargs):
-        names = set(self.arg_names[len(args):]) & set(kwargs)
-        meta = {k for k in kwargs if k in ("num_warps", "num_stages") or
-                (k in names and k.isupper() and k.startswith(("B", "G", "R")))}
-        got.append((self, args, dict(kwargs), sorted(meta)))
-
-    def tuner_run(self, *args, **kwargs):
-        for cfg in self.configs:
-            kw = dict(kwargs)
-            kw.update(cfg.all_kwargs())
-            kw.pop("grid", None)
-            kw.pop("warmup", None)
-            got.append((self.fn, args, kw, sorted(cfg.all_kwargs())))
-
-    def do_bench(fn, *a, **k):
-        fn()
-        return 1.0
-
-    saved = (JITFunction.run, Autotuner.run, triton.testing.do_bench,
-             getattr(dispatch, "_interpret", None))
-    JITFunction.run, Autotuner.run, triton.testing.do_bench = jit_run, tuner_run, do_bench
-    if saved[3] is not None:
+    saved = getattr(dispatch, "_interpret", None)
+    if saved is not None:
         dispatch._interpret = lambda: True  # CPU tensors reach the Triton launchers
     try:
         (case,) = make_cases(op, Shape(*SHAPE), FactorSizes())[:1]
         gen = torch.Generator().manual_seed(0)
         factors = case.build(torch.bfloat16, "cpu", gen)
         x = torch.randn(m, SHAPE[1], generator=gen).to(torch.bfloat16)
-        try:
+        with tc.recording() as got, force(config=EACH):
             case.call(factors, x, "triton")
-        except Exception as e:  # the launcher itself failed before any launch
-            if not got:
-                raise RuntimeError(f"{type(e).__name__}: {e}") from None
     finally:
-        JITFunction.run, Autotuner.run, triton.testing.do_bench = saved[:3]
-        if saved[3] is not None:
-            dispatch._interpret = saved[3]
+        if saved is not None:
+            dispatch._interpret = saved
     return got
 
 
-def _compile(kernel, args, kwargs):
-    """Triton's own specialization of kernel[grid](*args, **kwargs) for sm_90a, compiled."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import create_function_from_signature
+def _config(launch) -> dict:
+    """The tile meta-parameters and launch options of a recorded launch."""
+    meta = {k: v for k, v in launch.meta().items()
+            if k.isupper() and k.startswith(("B", "G", "R"))}
+    return dict(meta, **launch.options)
 
-    target = GPUTarget("cuda", 90, 32)
-    backend = make_backend(target)
-    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(*args, **kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound,
-                                                              specialization, options)
-    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target,
-                          options=options.__dict__)
+
+def _compile(launch):
+    """Triton's compile of a recorded launch for sm_90a."""
+    import triton
+
+    from factorkern.triton_kernels import _compile as tc
+
+    return triton.compile(launch.ast_source(), target=tc.target(), options=dict(launch.options))
 
 
 def _analyze(compiled) -> dict:
@@ -192,11 +165,10 @@ def collect() -> list[dict]:
             except Exception as e:  # noqa: BLE001 - reported in the table
                 rows.append({"op": op, "m": m, "kernel": "-", "error": str(e)[:200]})
                 continue
-            for kernel, args, kwargs, keys in launches:
-                meta = {k: kwargs[k] for k in keys if k in kwargs}
-                row = {"op": op, "m": m, "kernel": kernel.__name__, "config": meta}
+            for launch in launches:
+                row = {"op": op, "m": m, "kernel": launch.kernel, "config": _config(launch)}
                 try:
-                    row.update(_analyze(_compile(kernel, args, kwargs)))
+                    row.update(_analyze(_compile(launch)))
                 except Exception as e:  # noqa: BLE001 - a config that does not compile
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
                 rows.append(row)

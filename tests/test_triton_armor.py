@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import factorkern as fk
-from factorkern.triton_kernels._common import compile_only_subprocess, force
+from factorkern.triton_kernels._common import force
 
 from families import make_x
 
@@ -76,19 +76,6 @@ def test_refuses_float64_with_reason():
     A, S, B = factors(64, 32, 32, 32, torch.float64, "cpu")
     with pytest.raises(RuntimeError, match="float16, bfloat16 and float32"):
         fk.armor_mm(x, A, S, B, backend="triton")
-
-
-def test_compiles_for_h100_bf16():
-    """bf16 GPU lowering of both kernels at ARMOR's block size 128 and a mixed 32/64 case."""
-    pytest.importorskip("triton.backends.nvidia")
-    ptrs = dict(x_ptr="bf16", a_ptr="bf16", v_ptr="bf16", m_ptr="i16", bb_ptr="bf16",
-                bias_ptr="bf16", y_ptr="bf16", u_ws="bf16", v_ws="bf16", cnt_ptr="i32")
-    variants = []
-    for ba, bb in ((128, 128), (32, 64)):
-        base = dict(HAS_BIAS=True, IEEE=False, BA=ba, BB=bb)
-        variants += [("_armor_fused_kernel", dict(base, BM=64), ptrs),
-                     ("_armor_phased_kernel", dict(base, BM=16, BO=32, BK=128), ptrs)]
-    compile_only_subprocess("factorkern.triton_kernels.armor", variants)
 
 
 @pytest.mark.gpu

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import factorkern as fk
-from factorkern.triton_kernels._common import compile_only_subprocess, force
+from factorkern.triton_kernels._common import force
 
 from families import make_x
 
@@ -93,23 +93,6 @@ def test_zero_rows():
     x = torch.randn(0, 16, dtype=torch.float16)
     D, S = make_factors("dense_sparse_mm", 16, 8, 4, torch.float16, "cpu")
     assert fk.dense_sparse_mm(x, D, S, backend="triton").shape == (0, 4)
-
-
-def test_compiles_for_h100_bf16():
-    """The bf16 GPU lowering of every kernel path (the interpreter cannot run bf16 dots), compiled
-    for sm_90 in one subprocess without launching anything."""
-    pytest.importorskip("triton.backends.nvidia")
-    variants = []
-    for ps, qs in ((True, False), (False, True)):
-        ptrs = dict(x_ptr="bf16", p_ptr="bf16", pm_ptr="i16" if ps else "bf16", q_ptr="bf16",
-                    qm_ptr="i16" if qs else "bf16", b_ptr="bf16", y_ptr="bf16", t_ptr="bf16",
-                    cnt_ptr="i32")
-        base = dict(P_SPARSE=ps, Q_SPARSE=qs, HAS_BIAS=True, IEEE=False)
-        variants += [
-            ("_chain_fused_kernel", dict(base, T_RESIDENT=False, BM=128, BN=128, BK1=64, BK2=64,
-                                         N_GROUPS=1 << 30), ptrs),
-            ("_chain_phased_kernel", dict(base, BM=16, BK1=128, BT=32, BN=32, BK2=128), ptrs)]
-    compile_only_subprocess("factorkern.triton_kernels._chain", variants)
 
 
 # ---------------------------------------------------------------------------------------------

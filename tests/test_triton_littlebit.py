@@ -46,8 +46,6 @@ def _check(in_f, out_f, ranks, dtype, lead=(3,), bias=True, noncontig=False, var
     assert torch.isfinite(y).all()
     err = ((y.double() - ref).norm() / ref.norm()).item()
     assert err < TOL[dtype], f"rel err {err:.2e}"
-    # the in-kernel barrier counters are reset by the last program
-    assert int(lbk._counters(x.device).abs().sum()) == 0
     return err
 
 
@@ -70,12 +68,14 @@ def test_littlebit_public_op(n):
 
 
 def test_littlebit_layout_padding_is_exact():
-    # unequal ranks: padded ranks carry l = 0 and zero words and must add exactly nothing
+    # unequal ranks: padded ranks carry l = 0 and zero words and must add exactly nothing; word
+    # counts are padded to multiples of 4 (16-byte rows) with zero words
     g = torch.Generator().manual_seed(1)
     F = _factors(40, 24, [9, 33], torch.float32, g, "cpu")
     u, v, h, l_, gg = F.prepare("triton")
-    assert u.shape == (2, 24, 2) and v.shape == (2, 33, 2) and l_.shape == (2, 33)
+    assert u.shape == (2, 24, 4) and v.shape == (2, 33, 4) and l_.shape == (2, 33)
     assert (l_[0, 9:] == 0).all() and (v[0, 9:] == 0).all()
+    assert (u[:, :, 2:] == 0).all() and (v[:, :, 2:] == 0).all()
 
 
 def test_littlebit_zero_rows():

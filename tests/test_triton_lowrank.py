@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import factorkern as fk
-from factorkern.triton_kernels._common import compile_only_subprocess, force
+from factorkern.triton_kernels._common import force
 
 from families import make_x
 
@@ -72,18 +72,6 @@ def test_refuses_float64_with_reason():
     U, V = torch.randn(4, 3, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="float16, bfloat16 and float32"):
         fk.lowrank_mm(x, U, V, backend="triton")
-
-
-def test_compiles_for_h100_bf16():
-    """bf16 GPU lowering of the resident prefill and the decode kernel, dense operands."""
-    pytest.importorskip("triton.backends.nvidia")
-    ptrs = dict(x_ptr="bf16", p_ptr="bf16", pm_ptr="bf16", q_ptr="bf16", qm_ptr="bf16",
-                b_ptr="bf16", y_ptr="bf16", t_ptr="bf16", cnt_ptr="i32")
-    base = dict(P_SPARSE=False, Q_SPARSE=False, HAS_BIAS=True, IEEE=False)
-    compile_only_subprocess("factorkern.triton_kernels._chain", [
-        ("_chain_fused_kernel", dict(base, T_RESIDENT=True, BM=64, BN=128, BK1=64, BK2=256,
-                                     N_GROUPS=4), ptrs),
-        ("_chain_phased_kernel", dict(base, BM=16, BK1=128, BT=32, BN=32, BK2=128), ptrs)])
 
 
 @pytest.mark.gpu

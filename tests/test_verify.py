@@ -64,7 +64,7 @@ def test_interpreted_quick_verify_from_the_command_line(tmp_path):
     assert rec["interpreted"] is True and rec["device"]["type"] == "cpu"
     triton = {k["op"]: k for k in rec["kernels"] if k["backend"] == "triton"}
     assert set(triton) >= {"dense_sparse_mm", "sparse_dense_mm", "armor_mm", "littlebit_mm",
-                           "monarch_mm", "lowrank_mm"}
+                           "monarch_mm", "lowrank_mm", "sparse_mm"}
     assert all(k["status"] == "passed" for k in triton.values()), triton
     assert all(r["status"] in ("pass", "refused") for r in rec["rows"]
                if r["backend"] == "triton")

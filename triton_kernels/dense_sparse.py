@@ -26,7 +26,7 @@ from __future__ import annotations
 from factorkern.dispatch import register_kernel
 
 from ._chain import chain_mm
-from ._common import dtype_reason, size_reason
+from ._common import dtype_reason, span_reason
 
 
 def dense_sparse_mm(x, D, s_values, s_meta, bias, extra):
@@ -42,11 +42,11 @@ def sparse_dense_mm(x, s_values, s_meta, D, bias, extra):
 
 
 def _supports_ds(x, D, s_values, s_meta, *_):
-    return dtype_reason(x) or size_reason(x, D, s_values)
+    return dtype_reason(x) or span_reason(x, D=D, S_values=s_values, S_meta=s_meta)
 
 
 def _supports_sd(x, s_values, s_meta, D, *_):
-    return dtype_reason(x) or size_reason(x, D, s_values)
+    return dtype_reason(x) or span_reason(x, D=D, S_values=s_values, S_meta=s_meta)
 
 
 register_kernel("dense_sparse_mm", "triton", dense_sparse_mm, proven=False,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from factorkern.dispatch import register_kernel
 
 from ._chain import chain_mm
-from ._common import dtype_reason, size_reason
+from ._common import dtype_reason, span_reason
 
 
 def lowrank_mm(x, U, V, bias, extra):
@@ -28,7 +28,7 @@ def lowrank_mm(x, U, V, bias, extra):
 
 
 def _supports(x, U, V, *_):
-    return dtype_reason(x) or size_reason(x, U, V)
+    return dtype_reason(x) or span_reason(x, U=U, V=V)
 
 
 register_kernel("lowrank_mm", "triton", lowrank_mm, proven=False, supports=_supports,
