@@ -57,6 +57,13 @@ def test_audit_finds_no_problem(report):
     assert report["problems"] == []
 
 
+def test_no_finding_beyond_the_reviewed_list(report):
+    """Spills and narrow loads in decode configs are listed in tests/triton_audit_findings.txt
+    once reviewed; a new one fails here (fix the config, or review it and rerun --write)."""
+    new = sorted(set(report["findings"]) - set(report["reviewed"]))
+    assert not new, f"{len(new)} new findings, e.g. {new[:5]}"
+
+
 def test_every_accepted_shape_class_has_a_config_that_fits(report):
     """Every (kernel, shape class, dtype) that the op's ``supports`` accepts has at least one
     config within the H100's 227 KB of shared memory (else ``supports`` must refuse it)."""
@@ -64,6 +71,24 @@ def test_every_accepted_shape_class_has_a_config_that_fits(report):
     assert len(fitting) + len(report["refused"]) == report["n_cases"]
     none = [label for label, n in fitting.items() if n == 0]
     assert not none, f"no config fits {_compile.H100_MAX_SHARED} B of shared memory: {none}"
+
+
+def test_findings_checker():
+    """Spills in any decode config and narrow marked loads in fp16/bf16 decode are findings;
+    prefill and fp32 narrow loads are not."""
+    def e(variant, dtype, spill=0, narrow=()):
+        return dict(op="sparse_mm", variant=variant, shape_class="M=1 64x64", dtype=dtype,
+                    index=0, shared=1024, regs=255, spill_stores=spill, spill_loads=spill,
+                    local_ops=spill, wide_loads=1, narrow_loads=list(narrow),
+                    release_fenced=None)
+
+    assert _audit.findings([e("decode", "bf16")]) == []
+    assert _audit.findings([e("prefill", "bf16", spill=8)]) == []
+    assert _audit.findings([e("decode", "fp32", narrow=[["x.py", 1, "LDG.E.64"]])]) == []
+    assert _audit.findings([e("decode", "fp32", spill=8)]) == \
+        ["sparse_mm decode M=1 64x64 fp32 config 0: spills"]
+    assert _audit.findings([e("decode", "fp16", narrow=[["x.py", 1, "LDG.E.64"]])]) == \
+        ["sparse_mm decode M=1 64x64 fp16 config 0: narrow loads"]
 
 
 def test_fit_checker():
@@ -101,12 +126,16 @@ def test_decode_sass_has_no_spills_and_wide_loads(report):
     decode = [s for s in report["sample"] if " decode " in s["label"]]
     assert {s["kernel"] for s in decode} >= {"_chain_phased_kernel", "_armor_phased_kernel",
                                               "_littlebit_kernel", "_monarch_kernel"}
+    reviewed = set(report["reviewed"])
     for s in decode:
         f = s["fresh"]
-        assert f["spill_stores"] == 0 and f["spill_loads"] == 0 and f["local_ops"] == 0, \
-            f"{s['label']}: {f['spill_stores']} B spilled, {f['local_ops']} LDL/STL"
-        assert f["wide_loads"] > 0 and f["narrow_loads"] == [], \
-            f"{s['label']}: narrow loads on marked lines {f['narrow_loads']}"
+        where = f"{s['label']} config {s['index']}"
+        if f"{where}: spills" not in reviewed:
+            assert f["spill_stores"] == 0 and f["spill_loads"] == 0 and f["local_ops"] == 0, \
+                f"{where}: {f['spill_stores']} B spilled, {f['local_ops']} LDL/STL"
+        assert f["wide_loads"] > 0
+        if f"{where}: narrow loads" not in reviewed:
+            assert f["narrow_loads"] == [], f"{where}: narrow loads {f['narrow_loads']}"
 
 
 def test_phase_counter_releases_follow_a_cta_barrier(report):
@@ -146,8 +175,23 @@ $L__BB0_8:
 	@%p1 atom.global.gpu.release.add.u32 %r849, [ %rd380 + 0 ], %r850;
 """
 
+# What Triton emits for LittleBit's release in fp32: line-info labels between the barrier and the
+# atomic (the same basic block).
+FENCED_DEBUG_LABELS = """
+$L__tmp16:
+.loc	1 168 9
+bar.sync 	0;
+add.s64 	%rd242, %rd47, 4;
+$L__tmp17:
+mov.b32 	%r7673, 1;
+$L__tmp18:
+.loc	1 169 9
+@%p1 atom.global.gpu.release.add.u32 %r7672, [ %rd242 + 0 ], %r7673;
+"""
+
 
 def test_release_checker():
+    assert _audit.release_fenced(FENCED_DEBUG_LABELS) is True
     assert _audit.release_fenced(FENCED) is True
     assert _audit.release_fenced(UNFENCED) is False        # a store after the barrier
     assert _audit.release_fenced(UNFENCED_BLOCK) is False  # the barrier is in another block

@@ -182,7 +182,10 @@ def _chain_phased_kernel(x_ptr, p_ptr, pm_ptr, q_ptr, qm_ptr, b_ptr, y_ptr, t_pt
 def _fused_configs(resident: bool, bk2: int) -> list:
     if resident:
         # BK2 = K2 rounded up (t resident): BM x BK2 fp32 stays on chip.
-        return product_configs({"BM": [64, 32, 128], "BN": [64, 128], "BK1": [64]},
+        # The default (first) config must fit every dtype: at BK2 = 256 an fp32 BM = 64 tile
+        # takes 233,472 B of shared memory (the H100 has 232,448), so BM = 32 leads there.
+        bms = [32, 64, 128] if bk2 >= 256 else [64, 32, 128]
+        return product_configs({"BM": bms, "BN": [64, 128], "BK1": [64]},
                                warps=(4, 8), stages=(3,), keep=lambda c: c["BM"] * bk2 <= 128 * 128)
     return [dict(BM=bm, BN=bn, BK1=64, BK2=bk2_, num_warps=w, num_stages=3)
             for bm, bn, w in ((64, 64, 4), (64, 128, 4), (128, 64, 8), (128, 128, 8))
