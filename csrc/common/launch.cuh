@@ -97,6 +97,14 @@ inline cudaError_t coresident_ctas(const void* kernel, int dev, void*, int* ctas
   return cudaSuccess;
 }
 
+// CTAs for warp_items warps (kWarpsPerCta per CTA), at least one per SM: a smaller stage then
+// spreads one warp per SM instead of filling a few SMs (work items go to warp slots CTA-minor,
+// see Grid). Both launchers below size their grids with it.
+inline int64_t ctas_for(int64_t warp_items, int sms) {
+  const int64_t want = (warp_items + kWarpsPerCta - 1) / kWarpsPerCta;
+  return want < sms ? sms : want;
+}
+
 // Launch a persistent cooperative kernel: as many CTAs as the largest stage has work for
 // (warp_items warps), but at least one per SM (a smaller stage then spreads one warp per SM
 // instead of filling a few SMs: work items go to warp slots CTA-minor, see Grid), at most what
@@ -118,8 +126,7 @@ fk_status launch_cooperative(void (*kernel)(Params), const Params& params, int64
   if (e != cudaSuccess) return cuda_fail(scope, e, op, "the occupancy query");
   e = cached_fact(nullptr, dev, Fact::kSmCount, &sms, sm_count, nullptr);
   if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaDeviceGetAttribute");
-  int64_t want = (warp_items + kWarpsPerCta - 1) / kWarpsPerCta;
-  if (want < sms) want = sms;
+  const int64_t want = ctas_for(warp_items, sms);
   const unsigned grid = static_cast<unsigned>(want < ctas ? want : ctas);
   void* args[] = {const_cast<Params*>(&params)};
   e = rt.launch(fn, dim3(grid), dim3(kThreads), args, 0, stream, true);
@@ -142,8 +149,7 @@ fk_status launch_grid(void (*kernel)(Params), const Params& params, int64_t warp
   if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaGetDevice");
   e = cached_fact(nullptr, dev, Fact::kSmCount, &sms, sm_count, nullptr);
   if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaDeviceGetAttribute");
-  int64_t want = (warp_items + kWarpsPerCta - 1) / kWarpsPerCta;
-  if (want < sms) want = sms;
+  const int64_t want = ctas_for(warp_items, sms);
   void* args[] = {const_cast<Params*>(&params)};
   e = rt.launch(fn, dim3(static_cast<unsigned>(want)), dim3(kThreads), args, 0, stream, false);
   if (e != cudaSuccess) return cuda_fail(scope, e, op, "cudaLaunchKernel");
